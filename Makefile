@@ -1,0 +1,46 @@
+# mediasearch — every target creates .venv on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  ?= export/micro/model
+OUT    ?= model_repository
+NAME   ?= clip
+
+.PHONY: help install lint test test-fast demo export eval-micro bench-encode-local clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[export,triton,dev]'
+	# CLIP's BPE vocabulary ships in this wheel; --no-deps keeps its CUDA torch out.
+	$(BIN)/pip install --quiet --no-deps open_clip_torch
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install mediasearch with every extra
+
+lint: $(STAMP)  ## ruff + mypy
+	$(BIN)/ruff check mediasearch export tests bench
+	$(BIN)/ruff format --check mediasearch export tests bench
+	$(BIN)/mypy
+
+test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## the suite without the slow (ViT-B/32-sized) tests
+	$(BIN)/pytest -m "not slow"
+
+demo: $(STAMP)  ## export the offline model and show text x image similarities (no servers needed)
+	$(BIN)/mediasearch demo
+
+export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
+	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
+
+bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
+	$(BIN)/python bench/encode_local.py
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

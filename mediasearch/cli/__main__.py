@@ -1,0 +1,3 @@
+from mediasearch.cli import main
+
+raise SystemExit(main())

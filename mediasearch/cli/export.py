@@ -1,0 +1,47 @@
+"""``mediasearch export``: CLIP checkpoint -> ONNX towers -> Triton model repository."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a CLIP checkpoint to ONNX and publish it into a Triton model repository",
+        description=(
+            "Export CLIP's text and vision towers to ONNX, check them against PyTorch (refusing to "
+            "publish above a max abs diff of 1e-4), and publish them atomically with their Triton "
+            "configs (GPU, CPU and TensorRT flavours), the tokenizer and the model manifest. "
+            "Needs the export extra (torch, transformers): `pip install -e '.[export]'`."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a local checkpoint directory (config.json, weights, tokenizer) or a Hugging Face id "
+        "already in the local cache, e.g. openai/clip-vit-base-patch32",
+    )
+    p.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
+    p.add_argument(
+        "--name", default="clip", help="model name prefix: <name>_text, <name>_vision (default: %(default)s)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from export import export_model
+
+    report = export_model(args.model, args.out, args.name)
+    m = report.manifest
+    print(
+        f"exported {m.source}\n"
+        f"  version          {m.version}\n"
+        f"  embedding dim    {m.embedding_dim}, context {m.context_length} tokens, image {m.image.crop}px\n"
+        f"  parity vs torch  text {report.parity.text_max_abs_diff:.2e}, vision "
+        f"{report.parity.vision_max_abs_diff:.2e}, padding {report.parity.padding_max_abs_diff:.2e}\n"
+        f"  onnx sizes       text {report.text_onnx_bytes / 1e6:.1f} MB, "
+        f"vision {report.vision_onnx_bytes / 1e6:.1f} MB\n"
+        f"  published to     {args.out}/ in {report.seconds:.1f}s"
+    )
+    return 0

@@ -1,0 +1,91 @@
+"""The project's one exception tree.
+
+Every error the project raises on purpose derives from :class:`MediaSearchError`. Errors from
+libraries (grpc, tritonclient, botocore, sqlalchemy, Pillow, transformers) are translated into this
+tree where they enter the project, so callers and the gRPC interceptor only need to know these:
+
+    MediaSearchError
+    ├── ConfigError            bad settings or a bad command-line value
+    ├── InvalidInput           the caller's input is wrong (maps to INVALID_ARGUMENT)
+    │   └── ImageError         an image that cannot be decoded, is truncated, too large, or not an image
+    ├── NotFound               an id, file or model that does not exist (NOT_FOUND)
+    ├── ModelError             a model or model repository is unusable
+    │   ├── ModelUnavailable   a checkpoint that cannot be loaded here (e.g. a hub id while offline)
+    │   ├── NotClipModel       a checkpoint that is not CLIP
+    │   ├── ManifestMismatch   a served model differs from the manifest (tensors, version)
+    │   └── ParityError        the exported graph does not reproduce the reference model
+    ├── Unavailable            an outside system is down or unreachable (UNAVAILABLE)
+    ├── DeadlineExceeded       a deadline passed (DEADLINE_EXCEEDED)
+    └── Overloaded             a queue is full; try later (RESOURCE_EXHAUSTED)
+"""
+
+from __future__ import annotations
+
+
+class MediaSearchError(Exception):
+    """Base of every error the project raises on purpose. The message is meant for users."""
+
+
+class ConfigError(MediaSearchError):
+    """Settings or command-line values that cannot work."""
+
+
+class InvalidInput(MediaSearchError):
+    """The caller's input is wrong; retrying the same input will fail again."""
+
+
+class ImageError(InvalidInput):
+    """An image that cannot be used: not an image, truncated, corrupt, or too large."""
+
+
+class NotFound(MediaSearchError):
+    """Something named by the caller does not exist."""
+
+
+class ModelError(MediaSearchError):
+    """A model, checkpoint or model repository is unusable."""
+
+
+class ModelUnavailable(ModelError):
+    """A checkpoint cannot be loaded on this machine."""
+
+
+class NotClipModel(ModelError):
+    """A checkpoint that is not a CLIP model (no text and vision towers)."""
+
+
+class ManifestMismatch(ModelError):
+    """The model being served does not match the model manifest."""
+
+
+class ParityError(ModelError):
+    """An exported graph does not reproduce the reference implementation within tolerance."""
+
+
+class Unavailable(MediaSearchError):
+    """An outside system (Triton, a shard, the database, S3) is down or unreachable."""
+
+
+class DeadlineExceeded(MediaSearchError):
+    """The request's deadline passed before an answer was ready."""
+
+
+class Overloaded(MediaSearchError):
+    """The service is saturated; the request was rejected rather than queued without bound."""
+
+
+__all__ = [
+    "ConfigError",
+    "DeadlineExceeded",
+    "ImageError",
+    "InvalidInput",
+    "ManifestMismatch",
+    "MediaSearchError",
+    "ModelError",
+    "ModelUnavailable",
+    "NotClipModel",
+    "NotFound",
+    "Overloaded",
+    "ParityError",
+    "Unavailable",
+]

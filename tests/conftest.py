@@ -1,0 +1,41 @@
+"""Shared fixtures. Tiers are set from the folder (tests/unit, tests/integration, tests/e2e)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+_TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in _TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny random CLIP with the real CLIP tokenizer, saved like a downloaded checkpoint."""
+    from export.random_clip import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported into a model repository (through the public export path)."""
+    from export import export_model
+
+    out = tmp_path_factory.mktemp("repo") / "model_repository"
+    export_model(str(tiny_checkpoint), out, "clip")
+    return out
