@@ -40,7 +40,7 @@ export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
-	$(BIN)/python bench/encode_local.py
+	$(BIN)/python -m bench.encode_local
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

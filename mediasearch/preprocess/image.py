@@ -45,8 +45,8 @@ def decode_image(
 ) -> Image.Image:
     """Decode encoded image bytes into an upright RGB image.
 
-    EXIF orientation is applied; grayscale, CMYK, palette and alpha images become RGB (alpha is
-    dropped the way CLIP's reference processor drops it). Refuses, with :class:`ImageError`:
+    EXIF orientation is applied; grayscale, CMYK, palette and alpha images become RGB (transparency is
+    composited onto white, as CLIP's reference processor does). Refuses, with :class:`ImageError`:
     empty or oversized input, non-images, truncated or corrupt files, and decompression bombs
     (more than ``max_pixels`` pixels, checked from the header before any pixel is decoded).
     """
@@ -86,6 +86,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         peak = float(arr.max()) or 1.0
         img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        # Transparent pixels carry arbitrary colour; show them on white, as the reference does.
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB")
 
 

@@ -1,0 +1,34 @@
+"""Every ``mediasearch`` subcommand answers --help, and errors reach the user as one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mediasearch.cli import _COMMANDS, main
+
+
+def test_top_level_help_lists_every_subcommand() -> None:
+    out = subprocess.run([sys.executable, "-m", "mediasearch.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in _COMMANDS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("name", _COMMANDS)
+def test_subcommand_help_exits_zero_with_description(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    assert f"mediasearch {name}" in capsys.readouterr().out
+
+
+def test_project_error_is_one_line_on_stderr_with_exit_code_2(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["export", "--model", "/nonexistent/checkpoint", "--out", "/nonexistent/out"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: /nonexistent/checkpoint is not a directory") and "Traceback" not in err
