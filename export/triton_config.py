@@ -19,10 +19,9 @@ from enum import StrEnum
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mediasearch.manifest import ServingSpec, TensorSpec
+from mediasearch.manifest import PAD_ID_PARAMETER, VERSION_PARAMETER, ServingSpec, TensorSpec
 
-VERSION_PARAMETER = "mediasearch_version"
-PAD_ID_PARAMETER = "pad_id"
+CPU_INSTANCES = 2
 
 
 class Flavour(StrEnum):
@@ -63,8 +62,12 @@ def model_config(
         cfg.default_model_filename = "model.plan"
         cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
     else:
+        # Two instances of one thread each beat one instance of two threads on 2 cores: one pass
+        # runs while the next batch forms (bench/encoders.py: 1.42x vs 0.87x the naive QPS at c32).
         cfg.backend = "python"
-        cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+        cfg.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=CPU_INSTANCES)
+        )
     cfg.parameters[VERSION_PARAMETER].string_value = version
     if pad_id is not None:
         cfg.parameters[PAD_ID_PARAMETER].string_value = str(pad_id)

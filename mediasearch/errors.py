@@ -9,6 +9,8 @@ tree where they enter the project, so callers and the gRPC interceptor only need
     ├── InvalidInput           the caller's input is wrong (maps to INVALID_ARGUMENT)
     │   └── ImageError         an image that cannot be decoded, is truncated, too large, or not an image
     ├── NotFound               an id, file or model that does not exist (NOT_FOUND)
+    ├── CorruptData            a stored file fails its checksum or cannot be parsed (DATA_LOSS)
+    ├── Conflict               a concurrent writer changed what we were about to change (ABORTED)
     ├── ModelError             a model or model repository is unusable
     │   ├── ModelUnavailable   a checkpoint that cannot be loaded here (e.g. a hub id while offline)
     │   ├── NotClipModel       a checkpoint that is not CLIP
@@ -40,6 +42,14 @@ class ImageError(InvalidInput):
 
 class NotFound(MediaSearchError):
     """Something named by the caller does not exist."""
+
+
+class CorruptData(MediaSearchError):
+    """A stored file (segment, index) does not match its recorded checksum or cannot be read."""
+
+
+class Conflict(MediaSearchError):
+    """Another writer changed the state this operation was based on; re-read and retry."""
 
 
 class ModelError(MediaSearchError):
@@ -76,6 +86,8 @@ class Overloaded(MediaSearchError):
 
 __all__ = [
     "ConfigError",
+    "Conflict",
+    "CorruptData",
     "DeadlineExceeded",
     "ImageError",
     "InvalidInput",

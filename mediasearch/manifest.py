@@ -19,6 +19,9 @@ from mediasearch.preprocess.image import ImageSpec
 MANIFEST_SUFFIX = ".manifest.json"
 TOKENIZER_SUFFIX = ".tokenizer.json"
 FORMAT_VERSION = 1
+# Triton config parameters written by export and read by serving code (version check, padding).
+VERSION_PARAMETER = "mediasearch_version"
+PAD_ID_PARAMETER = "pad_id"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ object; tests build their own with keyword overrides.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,97 @@ class Settings(BaseSettings):
     triton_grpc_port: int = Field(default=8001, ge=0, le=65535)
     triton_metrics_port: int = Field(default=8002, ge=0, le=65535)
     log_level: str = Field(default="INFO")
+
+    # -- encoders (embedded ONNX Runtime, or Triton) ----------------------------------------
+    encoder: Literal["local", "triton"] = Field(
+        default="local", description="local: ONNX Runtime in-process (embedded); triton: Triton over gRPC."
+    )
+    encoder_max_batch: int = Field(default=32, gt=0, description="Largest in-process micro-batch.")
+    encoder_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long a lone request waits for batch-mates (micro-batchers)."
+    )
+    encoder_pass_cost_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="Text batches are cut by length where padding costs more token-rows (0: never cut).",
+    )
+    encoder_max_inflight: int = Field(
+        default=2, gt=0, description="In-process forward passes per tower running at once."
+    )
+    encoder_ort_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per in-process pass (0: cores / passes in flight)."
+    )
+    image_decode_threads: int = Field(default=4, gt=0, description="Threads decoding and resizing images.")
+    triton_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one encode call to Triton.")
+    triton_retries: int = Field(default=3, ge=0, description="Retries (backoff) while Triton is unavailable.")
+    triton_text_bucket: int = Field(
+        default=8, ge=1, description="Text rows sent to Triton are padded to a multiple of this many tokens."
+    )
+    triton_client_batching: bool = Field(
+        default=True, description="Coalesce this process's concurrent queries before sending them to Triton."
+    )
+    triton_flavour: Literal["cpu", "gpu", "tensorrt"] = Field(
+        default="cpu", description="Model config flavour `mediasearch triton` starts the local server with."
+    )
+    triton_ort_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads in the local Triton's CPU models (0: all cores)."
+    )
+
+    # -- vector index (segments, shards, router, compactor) ---------------------------------
+    database_url: str = Field(
+        default="sqlite:///mediasearch.db",
+        description="Metadata + segment manifest database (sqlite:///file.db or postgresql://...).",
+    )
+    segment_store_url: str = Field(
+        default="file://segments",
+        description="Where segment files live: file://<folder> or s3://<bucket>/<prefix>.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (moto, MinIO); None means AWS itself."
+    )
+    segment_cache_dir: Path = Field(
+        default=Path(".segment-cache"),
+        description="Local folder a shard downloads remote segments into (memory-mapped from there).",
+    )
+    num_shards: int = Field(default=1, gt=0, description="How many shards the image ids are spread over.")
+    partitioner: str = Field(default="hash", description="Image id -> shard rule: hash or date.")
+    index_flat_max: int = Field(
+        default=20_000, gt=0, description="Segments with fewer vectors use an exact (flat) index."
+    )
+    index_encoding: str = Field(
+        default="Flat", description="Vector encoding of IVF segments: Flat, SQ8, SQfp16 or PQ<m>."
+    )
+    index_nlist_factor: float = Field(
+        default=4.0, ge=1.0, le=16.0, description="nlist = factor * sqrt(N), rounded to a power of two."
+    )
+    index_train_per_list: int = Field(
+        default=64, ge=39, description="Training vectors per inverted list (sampled from the segment)."
+    )
+    index_assign_ef: int = Field(
+        default=128, gt=0, description="HNSW quantizer efSearch while adding vectors (assignment accuracy)."
+    )
+    index_mmap_ivf: bool = Field(
+        default=False, description="Memory-map IVF segments too (faster start, ~4x slower FAISS search)."
+    )
+    search_nprobe: int = Field(default=2, gt=0, description="Default inverted lists probed per query.")
+    search_ef: int = Field(default=64, gt=0, description="Default HNSW quantizer efSearch per query.")
+    shard_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a shard server re-reads the manifest."
+    )
+    shard_addresses: tuple[str, ...] = Field(
+        default=(),
+        description='One entry per shard, replicas separated by "|": ["h1:7001|h2:7001", "h3:7002"] (JSON).',
+    )
+    router_deadline_s: float = Field(default=1.0, gt=0, description="Deadline for one fan-out search.")
+    router_allow_partial: bool = Field(
+        default=False, description="Return results flagged partial when a whole shard is unreachable."
+    )
+    compact_min_segments: int = Field(
+        default=4, ge=2, description="A shard is compacted once it has this many small segments."
+    )
+    gc_grace_s: float = Field(
+        default=3600.0, ge=0, description="Unreferenced segment files younger than this are left alone."
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

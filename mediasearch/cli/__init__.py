@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
 
-_COMMANDS = ("export",)
+_COMMANDS = ("export", "triton", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in _COMMANDS:
-        importlib.import_module(f"mediasearch.cli.{name}").register(sub)
+        importlib.import_module(f"mediasearch.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

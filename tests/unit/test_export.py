@@ -11,9 +11,9 @@ import pytest
 
 from export import export_model, towers
 from export.publish import sha256_file
-from export.triton_config import VERSION_PARAMETER, Flavour, parse
+from export.triton_config import Flavour, parse
 from mediasearch.errors import ModelUnavailable, NotClipModel, ParityError
-from mediasearch.manifest import ModelManifest
+from mediasearch.manifest import VERSION_PARAMETER, ModelManifest
 from mediasearch.preprocess import TextTokenizer
 
 

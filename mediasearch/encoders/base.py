@@ -1,0 +1,152 @@
+"""The encoder interface: texts and images in, L2-normalised float32 embeddings out, batch-first.
+
+Every caller (gateway, indexer, demo) talks to :class:`Encoder`; which implementation runs (Triton,
+in-process ONNX Runtime, or the fake for unit tests) is configuration (:func:`create_encoder`).
+
+Per-item image errors. Images come from users' buckets and some are corrupt; one bad file must not
+fail the images batched with it. So :meth:`Encoder.encode_images` does not raise for a bad image: it
+returns :class:`ImageEmbeddings`, one vector row *and* one error slot per input, in input order
+(the indexer acknowledges the good ones and dead-letters the bad ones). Callers that want all or
+nothing call :meth:`ImageEmbeddings.raise_first`. Decoding (:func:`prepare_image`) runs in a thread
+pool, never on the event loop; Pillow releases the GIL while it decodes and resizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mediasearch.errors import ImageError
+from mediasearch.preprocess.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+
+
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    """The result of :meth:`Encoder.encode_images`, aligned with its input.
+
+    ``vectors[i]`` is image ``i``'s embedding when ``errors[i] is None``; the row of a failed image
+    is all zeros (it never ranks above a real match), and ``errors[i]`` says why it failed.
+    """
+
+    vectors: NDArray[np.float32]
+    errors: tuple[ImageError | None, ...]
+
+    @property
+    def ok(self) -> NDArray[np.bool_]:
+        """Boolean mask of the images that were encoded."""
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def raise_first(self) -> NDArray[np.float32]:
+        """All the vectors, or the first image's error if any image failed."""
+        for i, err in enumerate(self.errors):
+            if err is not None:
+                raise ImageError(f"image {i}: {err}") from err
+        return self.vectors
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What images are accepted (from settings), and how many decode at once."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = 4
+
+
+class Encoder(ABC):
+    """CLIP's two towers behind one async, batch-first interface.
+
+    Implementations keep their own batching: concurrent callers should each send what they have and
+    let the encoder merge their work into shared forward passes.
+    """
+
+    def __init__(self, image_spec: ImageSpec, limits: ImageLimits | None = None) -> None:
+        self.image_spec = image_spec
+        self.limits = limits or ImageLimits()
+        self._decode_pool: ThreadPoolExecutor | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def model_version(self) -> str:
+        """The manifest's model version; stored with every vector so a model change is visible."""
+
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int: ...
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, load and check what is needed; call once before encoding."""
+        if self._decode_pool is None:
+            self._decode_pool = ThreadPoolExecutor(
+                max_workers=self.limits.decode_threads, thread_name_prefix="decode"
+            )
+
+    async def close(self) -> None:
+        """Release connections, sessions and threads. Safe to call twice."""
+        pool, self._decode_pool = self._decode_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Encoder:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- encoding ---------------------------------------------------------------------------
+    @abstractmethod
+    async def encode_texts(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """``[len(texts), dim]`` embeddings of the queries, in input order.
+
+        Raises :class:`InvalidInput` for an empty query (before anything is batched).
+        """
+
+    @abstractmethod
+    async def encode_pixels(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Embeddings of already prepared images: uint8 ``[n, crop, crop, 3]`` -> ``[n, dim]``."""
+
+    async def encode_images(self, images: Sequence[bytes]) -> ImageEmbeddings:
+        """Decode, resize and crop encoded images off the event loop, then encode the good ones."""
+        prepared = await asyncio.gather(*(self._prepare(data) for data in images))
+        errors = tuple(p if isinstance(p, ImageError) else None for p in prepared)
+        good = [p for p in prepared if not isinstance(p, ImageError)]
+        vectors = np.zeros((len(images), self.embedding_dim), dtype=np.float32)
+        if good:
+            vectors[[e is None for e in errors]] = await self.encode_pixels(np.stack(good))
+        return ImageEmbeddings(vectors, errors)
+
+    async def _prepare(self, data: bytes) -> NDArray[np.uint8] | ImageError:
+        if self._decode_pool is None:
+            raise RuntimeError(f"{type(self).__name__}.start() was not awaited")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._decode_pool, self._prepare_sync, data)
+        except ImageError as exc:
+            return exc
+
+    def _prepare_sync(self, data: bytes) -> NDArray[np.uint8]:
+        try:
+            return prepare_image(
+                data, self.image_spec, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels
+            )
+        except ImageError:
+            raise
+        except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image
+            raise ImageError(f"cannot decode image: {exc!r}") from exc
+
+
+def empty_embeddings(dim: int) -> NDArray[np.float32]:
+    """``[0, dim]``: what encoding nothing returns (no forward pass, no round trip)."""
+    return np.zeros((0, dim), dtype=np.float32)

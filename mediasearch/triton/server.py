@@ -1,0 +1,297 @@
+"""A local ``tritonserver`` child process over the model repository, on loopback ports.
+
+Used by ``mediasearch triton`` (``make triton``), the integration tests and the benchmarks. It runs the
+real Triton Inference Server (the binary from the ``nvidia-pytriton`` wheel by default), so the
+encoders' Triton client is tested against the same server, dynamic batcher and gRPC API as
+production; only the model's backend differs (the CPU flavour runs ONNX Runtime in ``model.py``).
+
+Clean-up matters because tests start and stop it many times on shared machines: the server runs in
+its own session (a Ctrl-C in the terminal reaches us, and we stop it in order), it is stopped with
+SIGTERM to its PID and, if it does not exit, its process group is killed; the python backend's
+``/dev/shm`` regions carry a prefix unique to this server and are removed on the way out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from mediasearch.errors import ModelError, NotFound, Unavailable
+from mediasearch.manifest import ModelManifest, ServingSpec
+from mediasearch.triton._install import resolve_install, server_environment
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How to start the server. Port 0 picks a free loopback port."""
+
+    repository: Path
+    name: str = "clip"
+    flavour: str = "cpu"
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    ort_threads: int = 0
+    startup_timeout_s: float = 120.0
+    stop_timeout_s: float = 20.0
+    binary: Path | None = None
+    backend_directory: Path | None = None
+    log_file: Path | None = None  # kept after stop; by default the log lives (and dies) with the server
+
+
+class LocalTriton:
+    """Start, health-check and stop one ``tritonserver`` process. Use as a context manager."""
+
+    def __init__(self, options: TritonOptions) -> None:
+        self.options = options
+        self.manifest: ModelManifest | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._work_dir: Path | None = None
+        self._shm_prefix = f"mediasearch-{uuid.uuid4().hex[:12]}-"
+        self.http_port = self.grpc_port = self.metrics_port = 0
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.options.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path | None:
+        if self.options.log_file is not None:
+            return self.options.log_file
+        return self._work_dir / "tritonserver.log" if self._work_dir else None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the server's log (empty if there is none)."""
+        path = self.log_path
+        text = path.read_text(errors="replace") if path is not None and path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalTriton:
+        """Start the server and return once ``/v2/health/ready`` answers 200 (all models loaded)."""
+        if self._proc is not None:
+            return self
+        self.manifest = check_repository(self.options.repository, self.options.name, self.options.flavour)
+        self._work_dir = Path(tempfile.mkdtemp(prefix="mediasearch-triton-"))
+        try:
+            self._spawn()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        atexit.register(self.stop)
+        log.info("tritonserver %d ready: grpc %s, http %s", self.pid, self.grpc_url, self.http_url)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then kill the process group; remove shared memory and the work folder."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, self.options.stop_timeout_s)
+        for leftover in SHM_DIR.glob(f"{self._shm_prefix}*") if SHM_DIR.is_dir() else ():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+        atexit.unregister(self.stop)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait(self) -> int:
+        """Block until the server exits on its own; returns its exit status."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
+    def __enter__(self) -> LocalTriton:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        assert self._work_dir is not None
+        o = self.options
+        install = resolve_install(self._work_dir, o.binary, o.backend_directory)
+        self.http_port, self.grpc_port, self.metrics_port = _pick_ports(
+            o.host, (o.http_port, o.grpc_port, o.metrics_port)
+        )
+        args = [
+            str(install.binary),
+            f"--model-repository={Path(o.repository).resolve()}",
+            f"--backend-directory={install.backend_directory}",
+            f"--http-address={o.host}",
+            f"--grpc-address={o.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+        ]
+        if o.flavour != "gpu":  # the GPU flavour is the default config.pbtxt
+            args.append(f"--model-config-name={o.flavour}")
+        log.debug("starting %s", " ".join(args))
+        assert self.log_path is not None
+        with self.log_path.open("wb") as log_file:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=server_environment(self._ort_threads()),
+                start_new_session=True,
+            )
+
+    def _ort_threads(self) -> int:
+        """ONNX Runtime threads per CPU model instance: as given, else the cores shared by the
+        instances of a model (the python backend runs instances as separate processes)."""
+        if self.options.ort_threads > 0 or self.options.flavour != "cpu" or self.manifest is None:
+            return self.options.ort_threads
+        counts = [instance_count(self.options.repository, spec.model, "cpu") for spec in self._specs()]
+        return max(1, (os.cpu_count() or 1) // max(counts))
+
+    def _specs(self) -> tuple[ServingSpec, ...]:
+        assert self.manifest is not None
+        return (self.manifest.text, self.manifest.vision)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        url = f"{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise self._startup_failure(f"tritonserver exited with status {self._proc.returncode}")
+            if _http_ok(url):
+                return
+            time.sleep(0.1)
+        raise self._startup_failure(
+            f"tritonserver was not ready within {self.options.startup_timeout_s:.0f}s"
+        )
+
+    def _startup_failure(self, what: str) -> ModelError | Unavailable:
+        path = self.log_path
+        failed = failed_models(path.read_text(errors="replace") if path and path.exists() else "")
+        tail = self.log_tail()
+        where = f"over {self.options.repository} ({self.options.flavour} flavour)"
+        if failed:
+            return ModelError(
+                f"{what}: model(s) {', '.join(failed)} failed to load {where}. Last lines of its log:\n{tail}"
+            )
+        return Unavailable(f"{what} {where}. Last lines of its log:\n{tail}")
+
+
+def check_repository(repository: Path, name: str, flavour: str) -> ModelManifest:
+    """The manifest, once the repository holds both models in ``flavour``; else a clear error."""
+    hint = f"export a model first: `mediasearch export --model <hf-id|dir> --out {repository} --name {name}`"
+    if not Path(repository).is_dir():
+        raise NotFound(f"model repository {repository} does not exist; {hint}")
+    manifest = ModelManifest.load(repository, name)
+    config = "config.pbtxt" if flavour == "gpu" else f"configs/{flavour}.pbtxt"
+    for spec in (manifest.text, manifest.vision):
+        if not (Path(repository) / spec.model / config).is_file():
+            raise NotFound(f"{repository}/{spec.model}/{config} is missing; {hint}")
+    return manifest
+
+
+def instance_count(repository: Path, model: str, flavour: str) -> int:
+    """How many instances a model's config in ``flavour`` asks for (Triton's default is 1)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    path = Path(repository) / model / ("config.pbtxt" if flavour == "gpu" else f"configs/{flavour}.pbtxt")
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    return max(1, sum(group.count or 1 for group in config.instance_group))
+
+
+def failed_models(log_text: str) -> list[str]:
+    """Model names from Triton's ``failed to load 'NAME'`` log lines, in order, without repeats."""
+    names: list[str] = []
+    marker = "failed to load '"
+    for line in log_text.splitlines():
+        start = line.find(marker)
+        if start >= 0:
+            name = line[start + len(marker) :].split("'", 1)[0]
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "tritonserver %d ignored SIGTERM for %.0fs; killing its process group", proc.pid, timeout_s
+            )
+    # The server ran in its own session: its group is its python backend stubs and nothing else.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _pick_ports(host: str, wanted: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The wanted ports, with each 0 replaced by a free port on ``host``."""
+    sockets, ports = [], []
+    try:
+        for port in wanted:
+            if port:
+                ports.append(port)
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)  # held until all are chosen, so the three differ
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports[0], ports[1], ports[2]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,102 @@
+"""The local Triton launcher against the real tritonserver: readiness, clean stop, clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mediasearch.errors import ModelError
+from mediasearch.manifest import ModelManifest
+from mediasearch.triton import LocalTriton, TritonOptions
+from mediasearch.triton.server import SHM_DIR
+
+
+def _port_is_free(port: int) -> bool:
+    """Nobody listens there (connections in TIME_WAIT are fine, as for any server restart)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_triton_serves_both_models_with_the_manifest_version_when_started_over_the_repository(
+    triton_server: LocalTriton, tiny_repository: Path
+) -> None:
+    manifest = ModelManifest.load(tiny_repository)
+    for spec in (manifest.text, manifest.vision):
+        with urllib.request.urlopen(f"{triton_server.http_url}/v2/models/{spec.model}/config") as resp:
+            config = json.load(resp)
+        assert config["backend"] == "python"  # the CPU flavour
+        assert config["parameters"]["mediasearch_version"]["string_value"] == manifest.version
+        assert config["max_batch_size"] == spec.max_batch_size
+
+
+def test_triton_stop_leaves_no_process_port_or_shared_memory_behind(tiny_repository: Path) -> None:
+    server = LocalTriton(TritonOptions(tiny_repository, ort_threads=1)).start()
+    pid, ports, prefix = server.pid, (server.http_port, server.grpc_port), server._shm_prefix
+    assert pid is not None and list(SHM_DIR.glob(f"{prefix}*"))
+    server.stop()
+    assert _gone(pid)
+    assert all(_port_is_free(p) for p in ports)
+    assert not list(SHM_DIR.glob(f"{prefix}*"))
+
+
+def test_triton_start_fails_naming_the_model_when_one_cannot_load(
+    tiny_repository: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "repository"
+    shutil.copytree(tiny_repository, broken)
+    (broken / "clip_vision" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelError, match="clip_vision") as caught:
+        LocalTriton(TritonOptions(broken, ort_threads=1)).start()
+    assert "clip_text" not in str(caught.value).split("failed to load")[0]
+
+
+def test_cli_triton_prints_its_addresses_and_stops_cleanly_on_sigterm(tiny_repository: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        grpc_port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mediasearch.cli", "triton", "--repository", str(tiny_repository)]
+    cmd += ["--grpc-port", str(grpc_port), "--http-port", "0", "--metrics-port", "0", "--ort-threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.stdout is not None:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        out = "".join(lines)
+        assert f"grpc     127.0.0.1:{grpc_port}" in out, out + (proc.stderr.read() if proc.stderr else "")
+        server_pid = int(out.split("(pid ")[1].split(")")[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _gone(server_pid)
+    assert _port_is_free(grpc_port)
