@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from mediasearch.errors import NotFound
 
     console = Console()
-    if not Path(args.model).is_dir():
-        raise NotFound(f"no model at {args.model}; pass --model with a CLIP checkpoint folder")
+    model = args.model or _default_model(Path(args.out))
+    if not Path(model).is_dir():
+        raise NotFound(f"no model at {model}; pass --model with a CLIP checkpoint folder")
     with console.status("exporting the model to ONNX (parity-checked against PyTorch)..."):
-        report = export_model(args.model, args.repository, "clip")
+        report = export_model(str(model), args.repository, "clip")
     console.print(
         f"[bold]model[/] {report.manifest.version} from {report.manifest.source} "
         f"(parity {report.parity.worst:.1e}, {report.seconds:.1f}s) -> {args.repository}/"
@@ -83,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     sims = asyncio.run(_similarities(Path(args.repository), [s for s, _ in SCENES], images))
     _print_table(console, sims, images)
     return 0
+
+
+def _default_model(out: Path) -> Path:
+    """The micro model when it is in the checkout; otherwise a seeded tiny random CLIP (noise)."""
+    if (DEFAULT_MODEL / "config.json").is_file():
+        return DEFAULT_MODEL
+    from export.random_clip import save_random_clip
+
+    print(f"note: {DEFAULT_MODEL} is missing; using a seeded tiny random CLIP (its matches are noise)")
+    return save_random_clip(out / "tiny-random-clip", "tiny", seed=0)
 
 
 def _draw_gallery(folder: Path, seed: int) -> list[Path]:
