@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo export eval-micro bench-encode-local clean
+.PHONY: help install lint test test-fast demo export eval-micro bench-encode-local triton bench-encoders clean proto bench-index
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -22,7 +22,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install mediasearch with every extra
 
-lint: $(STAMP)  ## ruff + mypy
+# gRPC stubs are generated from proto/ by grpcio-tools, never edited, never committed.
+PROTOS      := $(shell find proto -name '*.proto' 2>/dev/null)
+PROTO_STAMP := mediasearch/_proto/mediasearch/.generated
+
+$(PROTO_STAMP): $(PROTOS) $(STAMP)
+	$(BIN)/python -m mediasearch._proto.generate
+	touch $@
+
+proto: $(PROTO_STAMP)  ## generate the gRPC stubs from proto/ into mediasearch/_proto
+
+lint: $(STAMP) proto  ## ruff + mypy
 	$(BIN)/ruff check mediasearch export tests bench
 	$(BIN)/ruff format --check mediasearch export tests bench
 	$(BIN)/mypy
@@ -30,7 +40,7 @@ lint: $(STAMP)  ## ruff + mypy
 test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## the suite without the slow (ViT-B/32-sized) tests
+test-fast: $(STAMP) proto  ## the suite without the slow (ViT-B/32-sized) tests
 	$(BIN)/pytest -m "not slow"
 
 demo: $(STAMP)  ## export the offline model and show text x image similarities (no servers needed)
@@ -41,6 +51,15 @@ export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
 	$(BIN)/python -m bench.encode_local
+
+bench-index: $(STAMP) proto  ## vector index: 1M x 512, 4 shard servers over gRPC vs numpy, hnswlib, pgvector
+	$(BIN)/python -m bench.index $(ARGS)
+
+triton: $(STAMP)  ## serve OUT's models with a local tritonserver (CPU flavour, loopback ports) until Ctrl-C
+	$(BIN)/mediasearch triton --repository $(OUT) --name $(NAME)
+
+bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder under load (ViT-B/32 shapes)
+	$(BIN)/python -m bench.encoders $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

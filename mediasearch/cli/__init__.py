@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
 
-_COMMANDS = ("export", "triton", "demo")
+_COMMANDS = ("export", "shard-server", "compact", "triton", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,9 +13,8 @@ from mediasearch.cli.demo import SCENES
 def test_demo_exports_draws_gallery_and_prints_similarity_table(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        ["demo", "--model", str(tiny_checkpoint), "--repository", str(tmp_path / "repo"), "--out", str(tmp_path)]
-    )
+    repo = str(tmp_path / "repo")
+    code = main(["demo", "--model", str(tiny_checkpoint), "--repository", repo, "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert (tmp_path / "repo" / "clip.manifest.json").is_file()

@@ -1,0 +1,1 @@
+"""Deployable services of the query path: the shard server (and, later, the search gateway)."""

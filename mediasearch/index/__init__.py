@@ -1,0 +1,53 @@
+"""Vector index: immutable segments in a store, shards that swap segment lists, a router, and a
+compactor. Writers publish segments; readers never wait for them.
+
+Re-exported API:
+"""
+
+from mediasearch.index.builder import BuildConfig, IndexSpec, build_index, choose_spec, nlist_for
+from mediasearch.index.compactor import CompactionResult, Compactor
+from mediasearch.index.follower import ManifestFollower
+from mediasearch.index.merge import merge_topk
+from mediasearch.index.partition import (
+    DateBucketPartitioner,
+    HashPartitioner,
+    Partitioner,
+    make_partitioner,
+)
+from mediasearch.index.router import GrpcRouter, LocalRouter, Router, RouterResult, make_router
+from mediasearch.index.segment import SegmentMeta, open_index, write_segment
+from mediasearch.index.shard import SearchParams, Shard, ShardStats
+from mediasearch.index.store import LocalFolderStore, MemoryStore, SegmentStore, open_store
+from mediasearch.index.writer import stage_segment
+
+__all__ = [
+    "BuildConfig",
+    "CompactionResult",
+    "Compactor",
+    "DateBucketPartitioner",
+    "GrpcRouter",
+    "HashPartitioner",
+    "IndexSpec",
+    "LocalFolderStore",
+    "LocalRouter",
+    "ManifestFollower",
+    "MemoryStore",
+    "Partitioner",
+    "Router",
+    "RouterResult",
+    "SearchParams",
+    "SegmentMeta",
+    "SegmentStore",
+    "Shard",
+    "ShardStats",
+    "build_index",
+    "choose_spec",
+    "make_partitioner",
+    "make_router",
+    "merge_topk",
+    "nlist_for",
+    "open_index",
+    "open_store",
+    "stage_segment",
+    "write_segment",
+]

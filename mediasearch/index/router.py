@@ -1,0 +1,220 @@
+"""Fan a query out to every shard, merge to the global top-k.
+
+One async interface, two transports: :class:`GrpcRouter` (shard servers, cluster mode) and
+:class:`LocalRouter` (in-process shards, embedded mode), so the gateway awaits the same call in
+both. Every search has a deadline; each shard's replicas are tried in turn within it. A shard that
+no replica answers either fails the search (Unavailable) or, with ``allow_partial``, is left out
+and the result is flagged partial. Merging uses score desc, id asc everywhere (``merge_topk``).
+Concurrent searches with equal parameters are coalesced into shared fan-outs (``coalesce.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mediasearch.errors import ConfigError, DeadlineExceeded, InvalidInput, MediaSearchError, Unavailable
+from mediasearch.index.coalesce import Coalescer
+from mediasearch.index.merge import NO_ID, merge_topk
+from mediasearch.index.shard import SearchParams, Shard
+from mediasearch.rpc import from_rpc_error
+from mediasearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (Unavailable, DeadlineExceeded)
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+
+
+@dataclass(frozen=True)
+class RouterResult:
+    """Global top-k per query; ``partial`` when ``missing_shards`` did not answer."""
+
+    scores: np.ndarray  # (nq, k) float32, -inf where fewer than k results
+    ids: np.ndarray  # (nq, k) int64, -1 where fewer than k results
+    partial: bool = False
+    missing_shards: tuple[int, ...] = ()
+
+
+class Router(abc.ABC):
+    """Fan-out + merge over ``num_shards`` shards with a per-search deadline."""
+
+    def __init__(
+        self, num_shards: int, *, deadline_s: float = 1.0, allow_partial: bool = False, coalesce: bool = True
+    ) -> None:
+        self.num_shards = num_shards
+        self.deadline_s = deadline_s
+        self.allow_partial = allow_partial
+        self._coalescer = Coalescer(self._fan_out) if coalesce else None
+
+    async def search(
+        self,
+        queries: np.ndarray,
+        params: SearchParams,
+        *,
+        deadline_s: float | None = None,
+        model_version: str = "",
+    ) -> RouterResult:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.ndim != 2 or len(queries) == 0:
+            raise InvalidInput(f"queries must be a non-empty (n, d) array; got {queries.shape}")
+        deadline = asyncio.get_running_loop().time() + (deadline_s or self.deadline_s)
+        key = (params, model_version, queries.shape[1])
+        if self._coalescer is None:
+            scores, ids, missing = await self._fan_out(queries, key, deadline)
+        else:
+            scores, ids, missing = await self._coalescer.submit(queries, key, deadline)
+        return RouterResult(scores, ids, bool(missing), missing)
+
+    async def _fan_out(
+        self, queries: np.ndarray, key: tuple[object, ...], deadline: float
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+        params, model_version = key[0], key[1]
+        assert isinstance(params, SearchParams) and isinstance(model_version, str)
+        calls = [
+            self._search_shard(s, queries, params, deadline, model_version) for s in range(self.num_shards)
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        answered, missing = [], []
+        for shard, outcome in enumerate(outcomes):
+            if isinstance(outcome, _RETRYABLE):
+                log.warning("shard %d did not answer: %s", shard, outcome)
+                missing.append(shard)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                answered.append(outcome)
+        if missing and (not self.allow_partial or not answered):
+            raise Unavailable(f"shards {missing} of {self.num_shards} did not answer")
+        scores, ids = merge_topk([a[0] for a in answered], [a[1] for a in answered], params.k)
+        return scores, ids, tuple(missing)
+
+    @abc.abstractmethod
+    async def _search_shard(
+        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) from one shard, or Unavailable/DeadlineExceeded."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release transports."""
+
+
+class LocalRouter(Router):
+    """In-process shards (embedded mode): each shard searched in a worker thread (FAISS drops
+    the GIL, so shards run in parallel)."""
+
+    def __init__(self, shards: Sequence[Shard], **kwargs: Any) -> None:
+        super().__init__(len(shards), **kwargs)
+        self.shards = list(shards)
+
+    async def _search_shard(
+        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        remaining = deadline - asyncio.get_running_loop().time()
+        call = asyncio.to_thread(self.shards[shard].search, queries, params, model_version)
+        try:
+            return await asyncio.wait_for(call, timeout=max(remaining, 0.0))
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"shard {shard} missed the deadline") from exc
+
+
+class GrpcRouter(Router):
+    """Shard servers over gRPC (grpc.aio). ``replicas[s]`` lists the addresses of shard s."""
+
+    def __init__(self, replicas: Sequence[Sequence[str]], **kwargs: Any) -> None:
+        super().__init__(len(replicas), **kwargs)
+        if any(not r for r in replicas):
+            raise InvalidInput("every shard needs at least one replica address")
+        self.replicas = [list(r) for r in replicas]
+        self._stubs: dict[str, object] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self._turn = [itertools.count() for _ in replicas]
+
+    @classmethod
+    def from_addresses(cls, addresses: Sequence[str], **kwargs: Any) -> GrpcRouter:
+        """From settings' ``shard_addresses``: one string per shard, replicas split by '|'."""
+        return cls([a.split("|") for a in addresses], **kwargs)
+
+    def _stub(self, address: str) -> object:
+        from mediasearch._proto.mediasearch.v1 import shard_pb2_grpc
+
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels.append(channel)
+            stub = self._stubs[address] = shard_pb2_grpc.ShardServiceStub(channel)
+        return stub
+
+    async def _search_shard(
+        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from mediasearch._proto.mediasearch.v1 import shard_pb2
+
+        request = shard_pb2.ShardSearchRequest(
+            queries=queries.astype("<f4").tobytes(),
+            dim=queries.shape[1],
+            k=params.k,
+            nprobe=params.nprobe,
+            ef_search=params.ef_search,
+            model_version=model_version,
+        )
+        addresses = self.replicas[shard]
+        start = next(self._turn[shard])  # rotate the first replica tried: spreads the load
+        last: MediaSearchError = Unavailable(f"shard {shard} has no replica")
+        for attempt in range(len(addresses)):
+            address = addresses[(start + attempt) % len(addresses)]
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"shard {shard}: deadline passed") from last
+            try:
+                response = await self._stub(address).Search(request, timeout=remaining)  # type: ignore[attr-defined]
+            except grpc.RpcError as exc:
+                last = from_rpc_error(exc, f"shard {shard} at {address}")
+                if not isinstance(last, _RETRYABLE):
+                    raise last from exc
+                continue
+            return _decode(response, len(queries), params.k)
+        raise last
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+
+def _decode(response: object, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    ids = np.full((nq, k), NO_ID, dtype=np.int64)
+    for row, hits in enumerate(response.results):  # type: ignore[attr-defined]
+        n = min(len(hits.ids), k)
+        ids[row, :n] = hits.ids[:n]
+        scores[row, :n] = hits.scores[:n]
+    return scores, ids
+
+
+def make_router(settings: Settings, local_shards: Sequence[Shard] = ()) -> Router:
+    """The one factory: shard servers when ``shard_addresses`` is set (cluster), else the given
+    in-process shards (embedded)."""
+    options: dict[str, Any] = {
+        "deadline_s": settings.router_deadline_s,
+        "allow_partial": settings.router_allow_partial,
+    }
+    if settings.shard_addresses:
+        return GrpcRouter.from_addresses(settings.shard_addresses, **options)
+    if not local_shards:
+        raise ConfigError("no MEDIASEARCH_SHARD_ADDRESSES and no in-process shards to route to")
+    return LocalRouter(local_shards, **options)

@@ -1,0 +1,82 @@
+"""Engine factory and migrations: SQLite (embedded mode) and PostgreSQL (cluster) through the same
+SQLAlchemy code. sqlalchemy errors are translated into the project's tree here and in
+:func:`translated`, so callers never see a driver exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mediasearch.errors import ConfigError, Conflict, MediaSearchError, Unavailable
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (the only PostgreSQL driver we ship)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the per-backend settings a multi-process deployment needs."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    raise ConfigError(f"database URL {url!r}: use sqlite:///<file> or postgresql://...")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets shard servers read while the indexer or compactor writes (SQLite's default
+    rollback journal blocks readers during a write)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(engine: Engine) -> None:
+    """``alembic upgrade head`` programmatically: every service runs it on start (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with translated("migrating the metadata database"), engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn sqlalchemy errors into Unavailable (can't reach/lock) or Conflict (serialisation)."""
+    try:
+        yield
+    except MediaSearchError:
+        raise
+    except OperationalError as exc:
+        raise Unavailable(f"{what}: database unavailable ({exc.orig!r})") from exc
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01", "23505"):
+            raise Conflict(f"{what}: {exc.orig}") from exc
+        raise Unavailable(f"{what}: {exc.orig!r}") from exc
+    except SQLAlchemyError as exc:
+        raise Unavailable(f"{what}: {exc!r}") from exc

@@ -1,0 +1,181 @@
+"""The segment manifest: which segments each shard serves, and which ids are deleted.
+
+Every write is a function of an *open* session and never commits, so a caller can put it inside a
+larger transaction (the indexer publishes image rows and their segment rows together; the
+compactor adds the merged segment and retires its inputs together). :func:`publish` is the
+one-transaction convenience for callers that have nothing else to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mediasearch.errors import Conflict
+from mediasearch.index.segment import SegmentMeta
+from mediasearch.metadata.db import translated
+from mediasearch.metadata.models import DELETED, LIVE, RETIRED, SegmentRow, TombstoneRow, utcnow
+
+NOTIFY_CHANNEL = "mediasearch_manifest"
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A manifest row as plain data (no session attached)."""
+
+    segment_id: str
+    shard: int
+    uri: str
+    count: int
+    model_version: str
+    index_type: str
+    state: str = LIVE
+    created: datetime | None = None
+    retired: datetime | None = None
+
+    @classmethod
+    def from_meta(cls, meta: SegmentMeta, uri: str) -> SegmentRecord:
+        return cls(meta.segment_id, meta.shard, uri, meta.count, meta.model_version, meta.index_type)
+
+    @classmethod
+    def from_row(cls, row: SegmentRow) -> SegmentRecord:
+        return cls(
+            row.id,
+            row.shard,
+            row.uri,
+            row.count,
+            row.model_version,
+            row.index_type,
+            row.state,
+            _aware(row.created),
+            _aware(row.retired),
+        )
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """What one shard should serve right now."""
+
+    shard: int
+    segments: tuple[SegmentRecord, ...]
+    tombstones: np.ndarray  # sorted unique int64 ids, shard-scoped and global together
+    tombstone_mark: tuple[int, int]  # (max seq, count): cheap change detection
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequence[str] = ()) -> None:
+    """Add live segments and retire others inside the caller's transaction.
+
+    Raises Conflict if a segment to retire is no longer live (another compactor got there first):
+    the caller's whole transaction must then roll back, so no vector is ever served twice.
+    """
+    for rec in add:
+        session.add(
+            SegmentRow(
+                id=rec.segment_id,
+                shard=rec.shard,
+                uri=rec.uri,
+                count=rec.count,
+                model_version=rec.model_version,
+                index_type=rec.index_type,
+                state=LIVE,
+                created=utcnow(),
+            )
+        )
+    if retire:
+        result = session.execute(
+            update(SegmentRow)
+            .where(SegmentRow.id.in_(list(retire)), SegmentRow.state == LIVE)
+            .values(state=RETIRED, retired=utcnow())
+        )
+        if result.rowcount != len(set(retire)):  # type: ignore[attr-defined]
+            raise Conflict(f"segments {sorted(retire)} are no longer all live")
+    session.flush()
+    _notify(session, sorted({str(rec.shard) for rec in add}))
+
+
+def _notify(session: Session, payloads: Iterable[str]) -> None:
+    """On PostgreSQL, wake shard servers that LISTEN (delivered at commit, dropped on rollback).
+    The payload is the shard number, or empty for "every shard"."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for payload in payloads:
+        session.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": payload})
+
+
+def publish(
+    sessions: sessionmaker[Session], add: Sequence[SegmentRecord] = (), retire: Sequence[str] = ()
+) -> None:
+    """:func:`publish_in` as its own transaction."""
+    with translated("publishing segments"), sessions.begin() as session:
+        publish_in(session, add, retire)
+
+
+def add_tombstones(session: Session, ids: Iterable[int], shard: int | None = None) -> None:
+    """Mark ids deleted for one shard (or every shard when ``shard`` is None); no commit."""
+    now = utcnow()
+    session.add_all(TombstoneRow(shard=shard, image_id=int(i), created=now) for i in ids)
+    session.flush()
+    _notify(session, [str(shard) if shard is not None else ""])
+
+
+def _tombstone_filter(shard: int):  # type: ignore[no-untyped-def]
+    return or_(TombstoneRow.shard == shard, TombstoneRow.shard.is_(None))
+
+
+def live_segments(session: Session, shard: int) -> tuple[SegmentRecord, ...]:
+    rows = session.scalars(
+        select(SegmentRow).where(SegmentRow.shard == shard, SegmentRow.state == LIVE).order_by(SegmentRow.id)
+    )
+    return tuple(SegmentRecord.from_row(r) for r in rows)
+
+
+def load_shard_manifest(session: Session, shard: int, known: ShardManifest | None = None) -> ShardManifest:
+    """Live segments + tombstones of a shard; tombstone ids are re-read only when they changed."""
+    with translated(f"reading the manifest of shard {shard}"):
+        segments = live_segments(session, shard)
+        max_seq, count = session.execute(
+            select(func.coalesce(func.max(TombstoneRow.seq), 0), func.count()).where(_tombstone_filter(shard))
+        ).one()
+        mark = (int(max_seq), int(count))
+        if known is not None and known.tombstone_mark == mark:
+            tombstones = known.tombstones
+        else:
+            ids = session.scalars(select(TombstoneRow.image_id).where(_tombstone_filter(shard))).all()
+            tombstones = np.unique(np.asarray(ids, dtype=np.int64))
+    return ShardManifest(shard, segments, tombstones, mark)
+
+
+def drop_applied_tombstones(session: Session, shard: int, upto_seq: int) -> int:
+    """Delete a shard's own tombstones up to ``upto_seq`` once no live segment holds their ids."""
+    result = session.execute(
+        delete(TombstoneRow).where(TombstoneRow.shard == shard, TombstoneRow.seq <= upto_seq)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def known_segment_ids(session: Session) -> set[str]:
+    """Ids of every segment whose files must stay (live or retired, not yet deleted)."""
+    return set(session.scalars(select(SegmentRow.id).where(SegmentRow.state != DELETED)))
+
+
+def retired_before(session: Session, cutoff: datetime) -> list[SegmentRecord]:
+    rows = session.scalars(select(SegmentRow).where(SegmentRow.state == RETIRED))
+    records = [SegmentRecord.from_row(r) for r in rows]
+    return [r for r in records if r.retired is not None and r.retired < cutoff]
+
+
+def mark_deleted(session: Session, segment_ids: Sequence[str]) -> None:
+    if segment_ids:
+        session.execute(update(SegmentRow).where(SegmentRow.id.in_(list(segment_ids))).values(state=DELETED))

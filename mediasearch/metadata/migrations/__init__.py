@@ -1,0 +1,1 @@
+"""Alembic migrations of the metadata database, run programmatically by ``metadata.db.migrate``."""

@@ -1,0 +1,80 @@
+"""The segment manifest through the same SQLAlchemy code on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from index_support import MODEL, postgres_available, postgres_database
+from sqlalchemy.orm import Session, sessionmaker
+
+from mediasearch.errors import Conflict
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.manifest_repo import (
+    NOTIFY_CHANNEL,
+    SegmentRecord,
+    add_tombstones,
+    load_shard_manifest,
+    publish,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+        migrate(engine)
+        yield session_factory(engine)
+        engine.dispose()
+        return
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        yield session_factory(engine)
+        engine.dispose()
+
+
+def _rec(sid: str, shard: int = 0) -> SegmentRecord:
+    return SegmentRecord(sid, shard, f"memory://{sid}", 10, MODEL, "IDMap,Flat")
+
+
+def test_publish_retire_and_tombstones_round_trip_on_both_backends(sessions: sessionmaker[Session]) -> None:
+    publish(sessions, add=[_rec("a"), _rec("b"), _rec("z", shard=3)])
+    publish(sessions, add=[_rec("ab")], retire=["a", "b"])
+    with sessions.begin() as s:
+        add_tombstones(s, [4, 2], shard=0)
+        add_tombstones(s, [8], shard=None)
+    with sessions() as s:
+        m0, m3 = load_shard_manifest(s, 0), load_shard_manifest(s, 3)
+    assert [r.segment_id for r in m0.segments] == ["ab"] and m0.segments[0].created is not None
+    np.testing.assert_array_equal(m0.tombstones, [2, 4, 8])
+    np.testing.assert_array_equal(m3.tombstones, [8])
+    assert m0.tombstone_mark[1] == 3
+
+
+def test_concurrent_retire_conflicts_on_both_backends(sessions: sessionmaker[Session]) -> None:
+    publish(sessions, add=[_rec("a"), _rec("b")])
+    publish(sessions, add=[_rec("first")], retire=["a", "b"])
+    with pytest.raises(Conflict):
+        publish(sessions, add=[_rec("second")], retire=["a", "b"])
+    with sessions() as s:
+        assert [r.segment_id for r in load_shard_manifest(s, 0).segments] == ["first"]
+
+
+def test_postgres_publish_notifies_listening_shard_servers() -> None:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable")
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        with psycopg.connect(url, autocommit=True) as listener:
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            publish(session_factory(engine), add=[_rec("n", shard=2)])
+            payloads = [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
+        engine.dispose()
+    assert payloads == ["2"]

@@ -1,0 +1,85 @@
+"""Compactor: merge small segments into one trained segment, drop deletes, collect garbage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from index_support import add_segment, brute_force, clustered, recall, sqlite_sessions
+
+from mediasearch.errors import Conflict
+from mediasearch.index.builder import BuildConfig
+from mediasearch.index.compactor import Compactor
+from mediasearch.index.segment import open_index
+from mediasearch.index.shard import SearchParams, Shard
+from mediasearch.index.store import LocalFolderStore
+from mediasearch.index.writer import stage_segment
+from mediasearch.metadata.manifest_repo import add_tombstones, load_shard_manifest, publish
+
+CONFIG = BuildConfig(flat_max=2000)
+
+
+def test_compaction_merges_small_segments_into_one_ivf_and_drops_tombstoned_vectors(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x, q = clustered(6000, seed=1), clustered(30, seed=2)
+    ids = np.arange(6000, dtype=np.int64)
+    for i in range(0, 6000, 1500):
+        add_segment(sessions, store, x[i : i + 1500], ids[i : i + 1500], config=CONFIG)
+    deleted = ids[::10]
+    with sessions.begin() as s:
+        add_tombstones(s, deleted, shard=0)
+    result = Compactor(sessions, store, CONFIG, min_segments=4, gc_grace_s=0).compact(0)
+    assert len(result.merged) == 4 and result.vectors == 5400 and result.dropped == 600
+    with sessions() as s:
+        manifest = load_shard_manifest(s, 0)
+    assert [r.segment_id for r in manifest.segments] == [result.new_segment]
+    assert manifest.segments[0].index_type.startswith("IVF") and len(manifest.tombstones) == 0
+    assert sorted(e.segment_id for e in store.list()) == [result.new_segment]  # inputs collected
+    shard = Shard(0, store)
+    shard.apply(manifest)
+    _, found = shard.search(q, SearchParams(k=10, nprobe=64, ef_search=128))
+    assert not np.isin(found, deleted).any()
+    assert recall(found, brute_force(x, ids, q, 10, excluded=deleted)[1]) >= 0.99
+    assert faiss.extract_index_ivf(open_index(shard.view.segments[0].folder)).nlist >= 8
+
+
+def test_compaction_waits_for_enough_small_segments(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x = clustered(300)
+    add_segment(sessions, store, x, np.arange(300))
+    result = Compactor(sessions, store, CONFIG, min_segments=2).compact(0)
+    assert result.new_segment is None and result.merged == ()
+
+
+def test_compaction_that_loses_a_race_rolls_back_and_leaves_only_garbage(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x = clustered(400)
+    a = add_segment(sessions, store, x[:200], np.arange(200))
+    b = add_segment(sessions, store, x[200:], np.arange(200, 400))
+    winner = stage_segment(store, x, np.arange(400), shard=0, model_version=a.model_version, config=CONFIG)
+
+    class RacingCompactor(Compactor):
+        def _write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            publish(sessions, add=[winner], retire=[a.segment_id, b.segment_id])  # someone else wins
+            return super()._write(*args, **kwargs)
+
+    with pytest.raises(Conflict):
+        RacingCompactor(sessions, store, CONFIG, min_segments=2, gc_grace_s=0).compact(0)
+    with sessions() as s:
+        assert [r.segment_id for r in load_shard_manifest(s, 0).segments] == [winner.segment_id]
+    garbage = Compactor(sessions, store, CONFIG, gc_grace_s=0).collect_garbage()
+    assert len(garbage) == 3  # a and b (retired) and the loser's orphan
+    assert [e.segment_id for e in store.list()] == [winner.segment_id]
+
+
+def test_garbage_collection_spares_unpublished_segments_younger_than_the_grace_period(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    staged = stage_segment(store, clustered(50), np.arange(50), shard=0, model_version="m", config=CONFIG)
+    assert Compactor(sessions, store, CONFIG, gc_grace_s=3600).collect_garbage() == []
+    assert Compactor(sessions, store, CONFIG, gc_grace_s=0).collect_garbage() == [staged.segment_id]

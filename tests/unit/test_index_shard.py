@@ -1,0 +1,157 @@
+"""Shard: exact merged search, tombstones, copy-on-write swaps under concurrent queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from index_support import MODEL, brute_force, clustered, recall, unit_vectors
+
+from mediasearch.errors import CorruptData, ManifestMismatch
+from mediasearch.index.builder import BuildConfig
+from mediasearch.index.merge import merge_topk
+from mediasearch.index.shard import SearchParams, Shard
+from mediasearch.index.store import MemoryStore
+from mediasearch.index.writer import stage_segment
+from mediasearch.metadata.manifest_repo import SegmentRecord, ShardManifest
+
+
+def _manifest(
+    records: list[SegmentRecord], tombstones: list[int] | None = None, mark: int = 0
+) -> ShardManifest:
+    stones = np.unique(np.asarray(tombstones or [], dtype=np.int64))
+    return ShardManifest(0, tuple(records), stones, (mark, len(stones)))
+
+
+def _stage(store: MemoryStore, x: np.ndarray, ids: np.ndarray, **kwargs: object) -> SegmentRecord:
+    config = kwargs.pop("config", BuildConfig())
+    version = str(kwargs.pop("model_version", MODEL))
+    return stage_segment(store, x, ids, shard=0, model_version=version, config=config)  # type: ignore[arg-type]
+
+
+def test_shard_search_over_several_segments_matches_brute_force(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    x, q = unit_vectors(3000, seed=1), unit_vectors(25, seed=2)
+    ids = np.arange(3000, dtype=np.int64)
+    records = [_stage(store, x[i : i + 1000], ids[i : i + 1000]) for i in (0, 1000, 2000)]
+    shard = Shard(0, store)
+    shard.apply(_manifest(records))
+    scores, found = shard.search(q, SearchParams(k=10))
+    truth_scores, truth = brute_force(x, ids, q, 10)
+    np.testing.assert_array_equal(found, truth)
+    np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("flat_max", [100_000, 1000], ids=["flat", "ivf"])
+def test_deleted_ids_never_come_back(tmp_path: Path, flat_max: int) -> None:
+    store = MemoryStore(tmp_path)
+    x = clustered(4000, seed=3)
+    ids = np.arange(4000, dtype=np.int64)
+    record = _stage(store, x, ids, config=BuildConfig(flat_max=flat_max))
+    deleted = ids[::3]
+    shard = Shard(0, store)
+    shard.apply(_manifest([record], list(deleted), mark=1))
+    _, found = shard.search(
+        x[deleted[:200]], SearchParams(k=20, nprobe=64, ef_search=128)
+    )  # the deleted ones
+    assert not np.isin(found, deleted).any()
+    assert (found >= 0).all()
+
+
+def test_segment_swaps_under_concurrent_query_load_give_zero_errors(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    x = unit_vectors(1200, seed=4)
+    ids = np.arange(1200, dtype=np.int64)
+    parts = [_stage(store, x[i : i + 400], ids[i : i + 400]) for i in (0, 400, 800)]
+    states = [_manifest(parts[:1]), _manifest(parts[:2]), _manifest(parts), _manifest(parts[1:])]
+    shard = Shard(0, store)
+    shard.apply(states[0])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    searches = [0]
+
+    def query() -> None:
+        q = unit_vectors(4, seed=threading.get_ident() % 1000)
+        while not stop.is_set():
+            try:
+                _, found = shard.search(q, SearchParams(k=5))
+                assert (found >= 0).all()
+                searches[0] += 1
+            except BaseException as exc:  # the test counts every kind of failure
+                errors.append(exc)
+
+    threads = [threading.Thread(target=query) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(60):
+        shard.apply(states[i % len(states)])
+        time.sleep(0.005)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and searches[0] > 50
+    assert shard.stats().generation >= 60
+
+
+def test_apply_keeps_the_complete_old_view_when_a_new_segment_cannot_load(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path / "cache")
+    x = unit_vectors(200)
+    good = _stage(store, x, np.arange(200))
+    shard = Shard(0, store)
+    shard.apply(_manifest([good]))
+    broken = SegmentRecord("missing", 0, "memory://missing", 5, MODEL, "IDMap,Flat")
+    with pytest.raises(Exception):  # noqa: B017 - NotFound from the store
+        shard.apply(_manifest([broken]))
+    assert shard.stats().segments == (good.segment_id,)
+    store._files[good.segment_id]["ids.npy"] = b"corrupt"
+    assert shard.search(x[:1], SearchParams(k=1))[1][0, 0] == 0  # still served from its local copy
+    shard.close()  # last holder gone: the local copy is deleted
+    with pytest.raises(CorruptData):
+        Shard(0, store).apply(_manifest([good]))  # so this is a fresh download, and it is verified
+
+
+def test_released_segment_cache_copy_is_deleted_when_no_query_holds_it(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path / "cache")
+    a = _stage(store, unit_vectors(100, seed=1), np.arange(100))
+    b = _stage(store, unit_vectors(100, seed=2), np.arange(100, 200))
+    shard = Shard(0, store)
+    shard.apply(_manifest([a]))
+    held = shard.view  # a query in flight holds the old view
+    shard.apply(_manifest([b]))
+    assert (tmp_path / "cache" / a.segment_id).exists()
+    del held
+    assert not (tmp_path / "cache" / a.segment_id).exists()
+
+
+def test_shard_only_serves_segments_of_its_model_version(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    old = _stage(store, unit_vectors(50, seed=1), np.arange(50), model_version="old")
+    new = _stage(store, unit_vectors(50, seed=2), np.arange(50, 100))
+    shard = Shard(0, store, model_version=MODEL)
+    shard.apply(_manifest([old, new]))
+    assert shard.stats().segments == (new.segment_id,)
+    with pytest.raises(ManifestMismatch):
+        shard.search(unit_vectors(1), SearchParams(), model_version="other")
+
+
+def test_merge_breaks_score_ties_by_ascending_id() -> None:
+    scores = [np.array([[0.9, 0.5]]), np.array([[0.9, 0.5]])]
+    ids = [np.array([[7, 1]]), np.array([[3, -1]])]
+    s, i = merge_topk(scores, ids, 4)
+    assert i.tolist() == [[3, 7, 1, -1]]
+    assert s[0, :3].tolist() == pytest.approx([0.9, 0.9, 0.5]) and s[0, 3] == -np.inf
+
+
+def test_ivf_shard_recall_rises_with_nprobe(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    x, q = clustered(8000, seed=5), clustered(50, seed=6)
+    ids = np.arange(8000, dtype=np.int64)
+    shard = Shard(0, store)
+    shard.apply(_manifest([_stage(store, x, ids, config=BuildConfig(flat_max=1000))]))
+    truth = brute_force(x, ids, q, 10)[1]
+    low = recall(shard.search(q, SearchParams(k=10, nprobe=1))[1], truth)
+    high = recall(shard.search(q, SearchParams(k=10, nprobe=64, ef_search=128))[1], truth)
+    assert high >= 0.99 and high >= low
