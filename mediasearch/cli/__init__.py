@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
 
-_COMMANDS = ("export", "shard-server", "compact", "triton", "demo")
+_COMMANDS = ("export", "scenes", "triton", "shard-server", "compact", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
