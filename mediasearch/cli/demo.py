@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--model", default=str(DEFAULT_MODEL), help="CLIP checkpoint folder (default: the micro model)"
+        "--model",
+        default=None,
+        help="CLIP checkpoint folder (default: the micro model in export/micro/model; a seeded tiny "
+        "random CLIP while that is absent)",
     )
     p.add_argument("--repository", default="model_repository", help="model repository (default: %(default)s)")
     p.add_argument("--out", default="demo-output", help="where the gallery is written (default: %(default)s)")
