@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo export eval-micro bench-encode-local triton bench-encoders clean proto bench-index
+.PHONY: help install lint test test-fast demo export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ demo: $(STAMP)  ## export the offline model and show text x image similarities (
 
 export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
+
+train-micro: $(STAMP)  ## train the offline micro CLIP into export/micro/model (CPU; run it on a quiet machine)
+	$(BIN)/python -m export.micro.train --out export/micro/model --seed 0
+
+eval-micro: $(STAMP)  ## precision@10 of the micro CLIP on a held-out gallery vs a random-weights floor
+	$(BIN)/python -m export.micro.evaluate --model export/micro/model
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
 	$(BIN)/python -m bench.encode_local
