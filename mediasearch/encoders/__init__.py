@@ -7,7 +7,7 @@
 :func:`create_encoder` picks one from the settings.
 """
 
-from mediasearch.encoders.base import Encoder, ImageEmbeddings, ImageLimits
+from mediasearch.encoders.base import Encoder, ExportedModelEncoder, ImageEmbeddings, ImageLimits
 from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.encoders.fake import FakeEncoder
@@ -17,6 +17,7 @@ from mediasearch.encoders.triton import TritonClientOptions, TritonEncoder
 __all__ = [
     "BatchingOptions",
     "Encoder",
+    "ExportedModelEncoder",
     "FakeEncoder",
     "ImageEmbeddings",
     "ImageLimits",

@@ -18,13 +18,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mediasearch.errors import ImageError
+from mediasearch.manifest import ModelManifest
 from mediasearch.preprocess.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+from mediasearch.preprocess.text import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,29 @@ class Encoder(ABC):
             raise
         except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image
             raise ImageError(f"cannot decode image: {exc!r}") from exc
+
+
+class ExportedModelEncoder(Encoder):
+    """An encoder of the model that ``mediasearch export`` wrote into a repository.
+
+    Reads the manifest (dims, image contract, version) and the tokenizer once, for every backend.
+    """
+
+    def __init__(self, repository: str | Path, name: str = "clip", limits: ImageLimits | None = None) -> None:
+        self.repository = Path(repository)
+        self.manifest = ModelManifest.load(self.repository, name)
+        super().__init__(self.manifest.image, limits)
+        self.tokenizer = TextTokenizer.from_file(
+            self.manifest.tokenizer_path(self.repository), self.manifest.context_length, self.manifest.pad_id
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.manifest.embedding_dim
 
 
 def empty_embeddings(dim: int) -> NDArray[np.float32]:

@@ -20,12 +20,11 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from mediasearch.encoders.base import Encoder, ImageLimits, empty_embeddings
+from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
 from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.text_batches import pad_rows, split_by_length
 from mediasearch.errors import ModelError
-from mediasearch.manifest import ModelManifest, ServingSpec
-from mediasearch.preprocess.text import TextTokenizer
+from mediasearch.manifest import ServingSpec
 
 T = TypeVar("T")
 Vector = NDArray[np.float32]
@@ -49,7 +48,7 @@ class BatchingOptions:
         return max(1, (os.cpu_count() or 1) // self.max_inflight)
 
 
-class LocalEncoder(Encoder):
+class LocalEncoder(ExportedModelEncoder):
     """CLIP's towers in ONNX Runtime, in this process."""
 
     def __init__(
@@ -60,25 +59,12 @@ class LocalEncoder(Encoder):
         batching: BatchingOptions | None = None,
         limits: ImageLimits | None = None,
     ) -> None:
-        self.repository = Path(repository)
-        self.manifest = ModelManifest.load(self.repository, name)
-        super().__init__(self.manifest.image, limits)
+        super().__init__(repository, name, limits)
         self.batching = batching or BatchingOptions()
-        self.tokenizer = TextTokenizer.from_file(
-            self.manifest.tokenizer_path(self.repository), self.manifest.context_length, self.manifest.pad_id
-        )
         self._pool: ThreadPoolExecutor | None = None
         self._sessions: dict[str, Any] = {}
         self._text: MicroBatcher[list[int], NDArray[np.float32]] | None = None
         self._vision: MicroBatcher[NDArray[np.uint8], NDArray[np.float32]] | None = None
-
-    @property
-    def model_version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.manifest.embedding_dim
 
     async def start(self) -> None:
         await super().start()

@@ -40,12 +40,11 @@ from numpy.typing import NDArray
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from mediasearch.encoders._triton_rpc import call_with_retries, config_differences, mismatch
-from mediasearch.encoders.base import Encoder, ImageLimits, empty_embeddings
+from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
 from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.text_batches import bucket_groups, pad_rows
 from mediasearch.errors import DeadlineExceeded, Unavailable
-from mediasearch.manifest import ModelManifest, ServingSpec
-from mediasearch.preprocess.text import TextTokenizer
+from mediasearch.manifest import ServingSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class TritonClientOptions:
     max_inflight: int = 2
 
 
-class TritonEncoder(Encoder):
+class TritonEncoder(ExportedModelEncoder):
     """CLIP's towers on Triton: ``<name>_text`` and ``<name>_vision`` from the manifest."""
 
     def __init__(
@@ -78,27 +77,14 @@ class TritonEncoder(Encoder):
         options: TritonClientOptions | None = None,
         limits: ImageLimits | None = None,
     ) -> None:
-        self.repository = Path(repository)
-        self.manifest = ModelManifest.load(self.repository, name)
-        super().__init__(self.manifest.image, limits)
+        super().__init__(repository, name, limits)
         self.options = options or TritonClientOptions()
-        self.tokenizer = TextTokenizer.from_file(
-            self.manifest.tokenizer_path(self.repository), self.manifest.context_length, self.manifest.pad_id
-        )
         self._client: grpcaio.InferenceServerClient | None = None
         self._text: MicroBatcher[list[int], Vector] | None = None
 
     @property
     def url(self) -> str:
         return self.options.url
-
-    @property
-    def model_version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.manifest.embedding_dim
 
     async def start(self) -> None:
         """Open the channel and check that Triton serves exactly the manifest's models."""
