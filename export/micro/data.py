@@ -85,18 +85,21 @@ def _render_one(index: int, *, seed: int, spec: ImageSpec) -> tuple[NDArray[np.u
 def hard_negative_batches(
     pool: ScenePool, batch_size: int, group_size: int, rng: np.random.Generator
 ) -> Iterator[NDArray[np.int64]]:
-    """Endless batches made of groups of scenes that share their colour and background.
+    """Endless batches made of groups of scenes that differ only in shape and position.
 
-    Colour and background are learned first and then separate most random pairs; inside a group
-    only shape, count, size and position tell scenes apart, so every batch keeps teaching those.
+    Colour, background, size and count are learned first and then tell most random pairs apart;
+    inside a group (same colour, background, size and count) only shape and position do, so every
+    batch keeps teaching those. Pairs from different groups still teach the rest.
     """
     names = list(ATTRIBUTE_VALUES)
-    columns = [names.index("colour"), names.index("background")]
+    columns = [names.index(name) for name in ("colour", "background", "size", "count")]
     _, group_of = np.unique(pool.codes[:, columns], axis=0, return_inverse=True)
     groups = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
     while True:
         chosen = rng.choice(len(groups), size=batch_size // group_size, replace=False)
-        yield np.concatenate([rng.choice(groups[g], size=group_size, replace=False) for g in chosen])
+        yield np.concatenate(
+            [rng.choice(groups[g], size=group_size, replace=len(groups[g]) < group_size) for g in chosen]
+        )
 
 
 def caption_batch(pool: ScenePool, indices: NDArray[np.int64], rng: np.random.Generator) -> CaptionBatch:

@@ -52,7 +52,7 @@ def caption_attributes(label: SceneLabel, rng: np.random.Generator) -> SceneQuer
         count=label.count if label.count == 1 or draws[2] < 0.9 else None,
         size=label.size if draws[3] < 0.7 else None,
         background=label.background if draws[4] < 0.5 else None,
-        position=label.position if draws[5] < 0.7 else None,
+        position=label.position if draws[5] < 0.85 else None,
     )
 
 
