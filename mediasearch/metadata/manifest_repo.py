@@ -11,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
-from mediasearch.index.segment import SegmentMeta
 from mediasearch.metadata.db import translated
 from mediasearch.metadata.models import DELETED, LIVE, RETIRED, SegmentRow, TombstoneRow, utcnow
+
+if TYPE_CHECKING:  # the index package imports this module
+    from mediasearch.index.segment import SegmentMeta
 
 NOTIFY_CHANNEL = "mediasearch_manifest"
 

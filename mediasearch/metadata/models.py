@@ -1,10 +1,10 @@
-"""Tables of the segment manifest. Issue 6 adds ``images`` to the same metadata (same Base)."""
+"""Tables of the metadata database: the segment manifest, tombstones and images (one Base)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 LIVE = "live"
@@ -50,3 +50,42 @@ class TombstoneRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
     __table_args__ = (Index("ix_tombstones_shard", "shard"),)
+
+
+# -- images (issue 6 writes them, the gateway reads them) -------------------------------------
+PENDING = "pending"  # row reserved (its id is the vector label), vector not yet published
+INDEXED = "indexed"  # vector published in a live segment
+FAILED = "failed"  # could not be fetched, decoded or encoded: ``error`` says why
+REMOVED = "removed"  # deleted or replaced by a newer version of the key; tombstoned
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (64-bit there anyway).
+_ImageId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ImageRow(Base):
+    """One version of one object (bucket, key, etag). Its ``id`` is the vector's label in the index."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(_ImageId, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(String(255), nullable=False)
+    key: Mapped[str] = mapped_column(String(1024), nullable=False)
+    etag: Mapped[str] = mapped_column(String(128), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    indexed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=PENDING)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("bucket", "key", "etag", name="uq_images_bucket_key_etag"),
+        Index("ix_images_bucket_key", "bucket", "key"),
+        Index("ix_images_status", "status"),
+        Index("ix_images_created", "created"),
+    )
