@@ -1,14 +1,14 @@
 """Training data: a pool of pre-rendered scenes in memory, and caption batches drawn over it.
 
 Rendering costs about as much as a training step, so scenes are rendered once, on every core,
-into a uint8 pool; each epoch draws new captions for them. Every scene goes through the serving
+into a uint8 pool; every batch draws fresh captions for its scenes. Every scene goes through the serving
 path: rendered at a random size, encoded as a gallery file would be, then decoded, resized and
 cropped by :mod:`mediasearch.preprocess.image`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +35,8 @@ RENDER_SIZES = (64, 96, 128)
 _FILLERS = ("show me", "find", "search for")
 _FILLER_RATE = 0.1
 _UNSET = -1
+# Scenes in one hard-negative group share these attributes (see hard_negative_batches).
+HARD_NEGATIVE_GROUPINGS = (("colour", "background"), ("colour", "background", "size", "count"))
 
 
 @dataclass(frozen=True)
@@ -85,21 +87,31 @@ def _render_one(index: int, *, seed: int, spec: ImageSpec) -> tuple[NDArray[np.u
 def hard_negative_batches(
     pool: ScenePool, batch_size: int, group_size: int, rng: np.random.Generator
 ) -> Iterator[NDArray[np.int64]]:
-    """Endless batches made of groups of scenes that differ only in shape and position.
+    """Endless batches made of groups of similar scenes: every batch is full of hard negatives.
 
-    Colour, background, size and count are learned first and then tell most random pairs apart;
-    inside a group (same colour, background, size and count) only shape and position do, so every
-    batch keeps teaching those. Pairs from different groups still teach the rest.
+    Colour and background are learned first and then tell most random pairs apart. Half the groups
+    of a batch share colour and background (count, size, shape and position differ inside them);
+    the other half also share size and count (only shape and position differ). Pairs from
+    different groups still teach everything else.
     """
-    names = list(ATTRIBUTE_VALUES)
-    columns = [names.index(name) for name in ("colour", "background", "size", "count")]
-    _, group_of = np.unique(pool.codes[:, columns], axis=0, return_inverse=True)
-    groups = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
+    groupings = [_groups(pool, attributes) for attributes in HARD_NEGATIVE_GROUPINGS]
+    if batch_size % (group_size * len(groupings)):
+        raise ValueError(f"batch size {batch_size} is not a multiple of {group_size * len(groupings)}")
+    per_grouping = batch_size // group_size // len(groupings)
     while True:
-        chosen = rng.choice(len(groups), size=batch_size // group_size, replace=False)
-        yield np.concatenate(
-            [rng.choice(groups[g], size=group_size, replace=len(groups[g]) < group_size) for g in chosen]
-        )
+        chosen = []
+        for groups in groupings:
+            for g in rng.choice(len(groups), size=per_grouping, replace=False):
+                chosen.append(rng.choice(groups[g], size=group_size, replace=len(groups[g]) < group_size))
+        yield np.concatenate(chosen)
+
+
+def _groups(pool: ScenePool, attributes: Sequence[str]) -> list[NDArray[np.int64]]:
+    """The pool's scene indices grouped by equal values of ``attributes``."""
+    names = list(ATTRIBUTE_VALUES)
+    columns = [names.index(name) for name in attributes]
+    _, group_of = np.unique(pool.codes[:, columns], axis=0, return_inverse=True)
+    return [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
 
 
 def caption_batch(pool: ScenePool, indices: NDArray[np.int64], rng: np.random.Generator) -> CaptionBatch:

@@ -100,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Text-to-image precision@10 of the micro CLIP on a held-out generated gallery "
         "(with the colour-shape pairs held out of training), against a random-weights floor.",
     )
-    parser.add_argument("--model", type=Path, default=Path("export/micro/model"), help="checkpoint folder")
-    parser.add_argument("--images", type=int, default=GALLERY_IMAGES, help="gallery size")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="gallery seed")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("export/micro/model"),
+        help="checkpoint folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=GALLERY_IMAGES, help="gallery size (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="gallery seed (default: %(default)s)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(THREADS)

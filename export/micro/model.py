@@ -47,8 +47,11 @@ def build_model(tokenizer: Tokenizer) -> CLIPModel:
             bos_token_id=token_id(tokenizer, BOS),
             eos_token_id=eos,  # pooling at the first end token (any id but the legacy 2)
             pad_token_id=eos,
+            projection_dim=PROJECTION_DIM,
         ),
-        vision_config=dict(_VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        vision_config=dict(
+            _VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=PROJECTION_DIM
+        ),
         projection_dim=PROJECTION_DIM,
     )
     return CLIPModel(config)
