@@ -72,6 +72,8 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime threads in the local Triton's CPU models (0: all cores)."
     )
 
+    # -- gateway (issue 7) --------------------------------------------------------------------
+
     # -- vector index (segments, shards, router, compactor) ---------------------------------
     database_url: str = Field(
         default="sqlite:///mediasearch.db",
@@ -132,6 +134,8 @@ class Settings(BaseSettings):
     gc_grace_s: float = Field(
         default=3600.0, ge=0, description="Unreferenced segment files younger than this are left alone."
     )
+
+    # -- ingestion (issue 6) ------------------------------------------------------------------
 
 
 def load_settings(**overrides: object) -> Settings:
