@@ -52,8 +52,8 @@ export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 train-micro: $(STAMP)  ## train the offline micro CLIP into export/micro/model (CPU; run it on a quiet machine)
 	$(BIN)/python -m export.micro.train --out export/micro/model --seed 0
 
-eval-micro: $(STAMP)  ## precision@10 of the micro CLIP on a held-out gallery vs a random-weights floor
-	$(BIN)/python -m export.micro.evaluate --model export/micro/model
+eval-micro: $(STAMP)  ## precision@10 of the exported micro CLIP (ONNX, serving encoder) on a held-out gallery vs a random floor
+	$(BIN)/python -m export.micro.evaluate --model export/micro/model --onnx
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
 	$(BIN)/python -m bench.encode_local

@@ -39,3 +39,16 @@ def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("repo") / "model_repository"
     export_model(str(tiny_checkpoint), out, "clip")
     return out
+
+
+MICRO_MODEL = Path(__file__).resolve().parents[1] / "export" / "micro" / "model"
+
+
+@pytest.fixture(scope="session")
+def micro_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed micro CLIP exported like any checkpoint (the offline default model)."""
+    from mediasearch.cli import main
+
+    out = tmp_path_factory.mktemp("micro") / "model_repository"
+    assert main(["export", "--model", str(MICRO_MODEL), "--out", str(out)]) == 0
+    return out

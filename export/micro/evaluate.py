@@ -1,11 +1,13 @@
 """Evaluate the micro CLIP: text-to-image precision@10 on a held-out generated gallery.
 
-    python -m export.micro.evaluate [--model export/micro/model]
+    python -m export.micro.evaluate [--model export/micro/model] [--onnx]
 
 Renders a gallery from a seed no training run uses, with every colour-shape pair (including the
 ones held out of training), encodes it through the serving preprocessing, and scores generated
 queries (see :mod:`export.micro.retrieval`) for the trained model and for a randomly initialised
-model of the same shape (the floor). The last line printed is the summary::
+model of the same shape (the floor). With ``--onnx`` the trained model is first exported by
+``mediasearch export``'s code and scored through the serving encoder (ONNX Runtime,
+:class:`~mediasearch.encoders.LocalEncoder`) instead of PyTorch. The last line printed is the summary::
 
     micro-eval: p@10=... p@10_unseen_combos=... p@10_random=... images=... queries=...
 """
@@ -13,8 +15,10 @@ model of the same shape (the floor). The last line printed is the summary::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,26 @@ def checkpoint_encoders(model_dir: Path, random_seed: int) -> tuple[Encoders, En
     )
 
 
+@contextlib.contextmanager
+def onnx_encoders(model_dir: Path) -> Iterator[Encoders]:
+    """The checkpoint exported to a temporary Triton repository and served by ``LocalEncoder``."""
+    from export.pipeline import export_model
+    from mediasearch.encoders.local import LocalEncoder
+
+    with tempfile.TemporaryDirectory(prefix="micro-eval-repo-") as repo, asyncio.Runner() as runner:
+        export_model(str(model_dir), repo)
+        encoder = LocalEncoder(repo)
+        runner.run(encoder.start())
+        try:
+            yield Encoders(
+                texts=lambda batch: runner.run(encoder.encode_texts(list(batch))),
+                images=lambda pixels: runner.run(encoder.encode_pixels(pixels)),
+                image_spec=encoder.image_spec,
+            )
+        finally:
+            runner.run(encoder.close())
+
+
 def summary_line(
     queries: Sequence[EvalQuery], trained: NDArray[np.float64], random: NDArray[np.float64], images: int
 ) -> str:
@@ -110,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         "--images", type=int, default=GALLERY_IMAGES, help="gallery size (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="gallery seed (default: %(default)s)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="score the model exported to ONNX and served by LocalEncoder (the serving path), "
+        "not the PyTorch checkpoint",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(THREADS)
@@ -118,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         write_gallery(folder, args.images, args.seed, GALLERY_IMAGE_SIZE)
         gallery = load_gallery(Path(folder), trained_encoders.image_spec)
     queries = eval_queries(gallery.labels, K)
-    trained = precision_at_k(trained_encoders, gallery, queries, K)
+    with contextlib.ExitStack() as stack:
+        if args.onnx:
+            trained_encoders = stack.enter_context(onnx_encoders(args.model))
+        trained = precision_at_k(trained_encoders, gallery, queries, K)
     random = precision_at_k(random_encoders, gallery, queries, K)
     print("precision@10 by query family:")
     print("\n".join(family_table(queries, trained)))
