@@ -43,11 +43,13 @@ def numpy_brute_force(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, cou
 def hnswlib_baseline(
     x: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, build_cap_s: float
 ) -> BaselineResult:
-    """hnswlib M=16 on ``x`` (maybe a subset), ef raised until recall@10 >= target; 1 thread."""
+    """hnswlib M=16, ef_construction=100 on ``x``, built on 2 threads; ef raised until recall@10 >= target;
+    queried on 1 thread. ef_construction 100 instead of the usual 200 halves the build on 2 cores;
+    the recall target is met by raising ef at query time either way."""
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=x.shape[1])
-    index.init_index(max_elements=len(x), M=16, ef_construction=200, random_seed=1)
+    index.init_index(max_elements=len(x), M=16, ef_construction=100, random_seed=1)
     index.set_num_threads(2)
     started = time.perf_counter()
     built = 0
