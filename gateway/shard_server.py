@@ -94,7 +94,14 @@ class ShardServer:
         """Start serving; returns the bound port."""
         faiss.omp_set_num_threads(self.omp_threads)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="search"),
+            # OpenMP's thread count is per thread: set it in every worker, not only here. Left at the
+            # default, each search of each shard server on the node spins up all cores' threads.
+            futures.ThreadPoolExecutor(
+                max_workers=self.workers,
+                thread_name_prefix="search",
+                initializer=faiss.omp_set_num_threads,
+                initargs=(self.omp_threads,),
+            ),
             interceptors=[ErrorInterceptor()],
             options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
         )
