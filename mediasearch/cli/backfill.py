@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from indexer.backfill import backfill
     from indexer.progress import ProgressBar
-
-    import logging
 
     if not args.no_progress:  # the bar says it better than one log line per batch
         logging.getLogger("indexer.stages").setLevel(logging.WARNING)

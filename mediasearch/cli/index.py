@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from indexer.folder import index_folder
     from indexer.progress import ProgressBar
-
-    import logging
 
     if not args.no_progress:  # the bar says it better than one log line per batch
         logging.getLogger("indexer.stages").setLevel(logging.WARNING)
