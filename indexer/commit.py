@@ -91,7 +91,10 @@ class Committer:
         removed = [it for it in items if it.outcome is None and it.event.kind == "removed"]
         if not created and not removed:
             return
-        live = self._reserve(created)
+        self.publish(self.reserve(created), removed)
+
+    def publish(self, live: list[Item], removed: list[Item]) -> None:
+        """Steps 2-3 for reserved items (see :meth:`reserve`) and removal events."""
         while True:
             records = self._stage(live)
             try:
@@ -110,7 +113,8 @@ class Committer:
         _stage("committed", len(live), len(removed))
 
     # -- 1. reserve -------------------------------------------------------------------------
-    def _reserve(self, created: list[Item]) -> list[Item]:
+    def reserve(self, created: list[Item]) -> list[Item]:
+        """Step 1: give each created item its row id; returns the items still to publish."""
         if not created:
             return []
         images = [_new_image(it) for it in created]

@@ -178,7 +178,7 @@ def lock_pending(session: Session, ids: Sequence[int]) -> set[int]:
         return set()
     query = select(ImageRow.id, ImageRow.status).where(ImageRow.id.in_(list(ids))).with_for_update()
     with translated("locking reserved images"):
-        found = dict(session.execute(query).tuples().all())
+        found = {int(i): str(st) for i, st in session.execute(query)}
     return {i for i in ids if found.get(i) != PENDING}
 
 
@@ -259,4 +259,4 @@ def count_by_status(session: Session, bucket: str | None = None) -> dict[str, in
     if bucket is not None:
         query = query.where(ImageRow.bucket == bucket)
     with translated("counting images"):
-        return {status: int(n) for status, n in session.execute(query).tuples()}
+        return {str(status): int(n) for status, n in session.execute(query)}
