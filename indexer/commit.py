@@ -186,7 +186,7 @@ class Committer:
             for bucket, key in sorted({(it.event.bucket, it.event.key) for it in live}):
                 gone.extend(supersede(session, bucket, key))
             for it in removed:
-                gone.extend(remove_object(session, it.event.bucket, it.event.key, it.event.time))
+                gone.extend(remove_object(session, it.event.bucket, it.event.key, it.keep_etag))
             by_shard: dict[int | None, list[int]] = defaultdict(list)
             for g in gone:
                 if g.had_vector:

@@ -45,6 +45,11 @@ class Fetcher(abc.ABC):
     @abc.abstractmethod
     def fetch(self, event: ObjectEvent) -> Fetched: ...
 
+    @abc.abstractmethod
+    def current_etag(self, event: ObjectEvent) -> str | None:
+        """The ETag of the version under the event's key now; None when there is none. A removal
+        keeps this version: the key was written again after the delete."""
+
 
 def _too_large(size: int, limit: int) -> str:
     return f"image too large: {size} bytes (limit {limit})"
@@ -76,6 +81,13 @@ class S3Fetcher(Fetcher):
             finally:
                 body.close()
         return Fetched(etag, len(data), content_type, created, data)
+
+    def current_etag(self, event: ObjectEvent) -> str | None:
+        try:
+            with s3_errors(f"s3://{event.bucket}/{event.key}"):
+                return clean_etag(self.client.head_object(Bucket=event.bucket, Key=event.key).get("ETag"))
+        except NotFound:
+            return None
 
 
 @contextlib.contextmanager
@@ -120,6 +132,12 @@ class FileFetcher(Fetcher):
         except OSError as exc:
             raise Unavailable(f"{path}: {exc}") from exc
         return Fetched(content_etag(data), len(data), content_type, created, data)
+
+    def current_etag(self, event: ObjectEvent) -> str | None:
+        try:
+            return self.fetch(event).etag
+        except NotFound:
+            return None
 
 
 def content_etag(data: bytes) -> str:

@@ -155,9 +155,10 @@ class Pipeline:
 
     async def _prepare(self, item: Item) -> None:
         ev = item.event
-        if ev.kind != "created":
-            return
         try:
+            if ev.kind == "removed":
+                item.keep_etag = await self._blocking(self._io, self.fetcher.current_etag, ev)
+                return
             if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
                 item.outcome = "duplicate"
                 return

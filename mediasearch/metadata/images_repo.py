@@ -233,18 +233,19 @@ def supersede(session: Session, bucket: str, key: str) -> list[Unindexed]:
         return [_remove(r) for r in rows if r is not newest]
 
 
-def remove_object(session: Session, bucket: str, key: str, before: datetime | None = None) -> list[Unindexed]:
-    """An ObjectRemoved event: every version of the key created before ``before`` (all versions
-    when None) becomes REMOVED, including PENDING ones (their indexer then drops them)."""
+def remove_object(session: Session, bucket: str, key: str, keep_etag: str | None = None) -> list[Unindexed]:
+    """An ObjectRemoved event: every finished version of the key becomes REMOVED, except
+    ``keep_etag``, the version in the bucket when the event was handled (re-created since).
+
+    PENDING rows are left alone: another indexer may be publishing a version created after the
+    delete (and a row left PENDING by a crash is never served)."""
     with translated("removing an object"):
         rows = session.scalars(
             select(ImageRow).where(
-                ImageRow.bucket == bucket,
-                ImageRow.key == key,
-                ImageRow.status.in_((PENDING, INDEXED, FAILED)),
+                ImageRow.bucket == bucket, ImageRow.key == key, ImageRow.status.in_((INDEXED, FAILED))
             )
         )
-        return [_remove(r) for r in rows if before is None or _aware(r.created) <= _aware(before)]
+        return [_remove(r) for r in rows if keep_etag is None or r.etag != keep_etag]
 
 
 def _remove(row: ImageRow) -> Unindexed:

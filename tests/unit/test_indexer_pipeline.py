@@ -140,16 +140,34 @@ def test_the_same_object_delivered_many_times_in_and_across_batches_is_indexed_o
     assert sorted(served_ids(sessions, store_of(settings), settings.num_shards).values()) == [1, 1]
 
 
-def test_object_removed_marks_every_version_removed_and_tombstones_its_vector(
+def test_object_removed_marks_the_deleted_object_removed_and_tombstones_its_vector(
     settings: Settings, tmp_path: Path
 ) -> None:
     write(tmp_path / "f", {"a.jpg": scene_bytes(1), "b.jpg": scene_bytes(2)})
     created = [ObjectEvent("created", "local", k) for k in ("a.jpg", "b.jpg")]
-    run_events(settings, tmp_path / "f", [created, [ObjectEvent("removed", "local", "a.jpg")]])
+    run_events(settings, tmp_path / "f", [created])
+    (tmp_path / "f" / "a.jpg").unlink()
+    run_events(settings, tmp_path / "f", [[ObjectEvent("removed", "local", "a.jpg")]])
     sessions = sessions_for(settings.database_url)
     status = {r.key: (r.id, r.status) for r in rows(sessions)}
     assert status["a.jpg"][1] == REMOVED and status["b.jpg"][1] == INDEXED
     assert list(served_ids(sessions, store_of(settings), settings.num_shards)) == [status["b.jpg"][0]]
+
+
+def test_a_removal_event_handled_after_the_key_was_written_again_keeps_the_new_version(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write(tmp_path / "f", {"a.jpg": scene_bytes(1)})
+    run_events(settings, tmp_path / "f", [[ObjectEvent("created", "local", "a.jpg")]])
+    (tmp_path / "f" / "a.jpg").write_bytes(scene_bytes(2))  # deleted, then written again ...
+    run_events(settings, tmp_path / "f", [[ObjectEvent("created", "local", "a.jpg")]])
+    run_events(
+        settings, tmp_path / "f", [[ObjectEvent("removed", "local", "a.jpg")]]
+    )  # ... delete arrives late
+    sessions = sessions_for(settings.database_url)
+    (old, new) = rows(sessions)
+    assert (old.status, new.status) == (REMOVED, INDEXED)
+    assert dict(served_ids(sessions, store_of(settings), settings.num_shards)) == {new.id: 1}
 
 
 def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
