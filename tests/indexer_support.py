@@ -29,19 +29,19 @@ MAX_PIXELS = 1_000_000
 def indexer_settings(
     tmp: Path, repository: Path, database_url: str | None = None, **extra: object
 ) -> Settings:
-    return load_settings(
-        model_repository=repository,
-        database_url=database_url or f"sqlite:///{tmp / 'meta.db'}",
-        segment_store_url=(tmp / "segments").as_uri(),
-        segment_cache_dir=tmp / "cache",
-        max_image_bytes=MAX_BYTES,
-        max_image_pixels=MAX_PIXELS,
-        indexer_batch_size=8,
-        indexer_batch_wait_ms=20,
-        indexer_fetch_concurrency=4,
-        num_shards=2,
-        **extra,
-    )
+    values: dict[str, object] = {
+        "model_repository": repository,
+        "database_url": database_url or f"sqlite:///{tmp / 'meta.db'}",
+        "segment_store_url": (tmp / "segments").as_uri(),
+        "segment_cache_dir": tmp / "cache",
+        "max_image_bytes": MAX_BYTES,
+        "max_image_pixels": MAX_PIXELS,
+        "indexer_batch_size": 8,
+        "indexer_batch_wait_ms": 20,
+        "indexer_fetch_concurrency": 4,
+        "num_shards": 2,
+    }
+    return load_settings(**(values | extra))
 
 
 def scene_bytes(index: int, seed: int = 11, size: int = 64, fmt: str = "jpeg") -> bytes:
@@ -128,3 +128,65 @@ def search_ids(
         hits.extend((float(sc), int(i)) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0)
         shard.close()
     return [i for _, i in sorted(hits, key=lambda h: (-h[0], h[1]))[:k]]
+
+
+# -- moto (S3 + SQS on a real loopback HTTP endpoint) -----------------------------------------
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bucket:
+    """A bucket whose ObjectCreated/ObjectRemoved notifications go to an SQS queue (plus a DLQ)."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        import boto3
+
+        self.endpoint, self.name = endpoint, name
+        self.s3 = boto3.client("s3", endpoint_url=endpoint)
+        self.sqs = boto3.client("sqs", endpoint_url=endpoint)
+        self.s3.create_bucket(Bucket=name)
+        self.queue_url = self.sqs.create_queue(QueueName=f"{name}-events")["QueueUrl"]
+        self.dlq_url = self.sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        self.s3.create_bucket(Bucket=f"{name}-segments")
+
+    def notify(self) -> None:
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.name,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": arn["Attributes"]["QueueArn"],
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+
+    def put(self, key: str, data: bytes) -> str:
+        return str(self.s3.put_object(Bucket=self.name, Key=key, Body=data)["ETag"]).strip('"')
+
+    def messages(self, url: str) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def settings_overrides(self) -> dict[str, object]:
+        return {
+            "s3_endpoint_url": self.endpoint,
+            "segment_store_url": f"s3://{self.name}-segments/index",
+            "indexer_queue_url": self.queue_url,
+            "indexer_dlq_url": self.dlq_url,
+            "indexer_wait_time_s": 1,
+            "indexer_visibility_timeout_s": 5,
+            "indexer_retry_delay_s": 0,
+        }
