@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> str:
             indexer.send_signal(signal.SIGTERM)
             indexer.wait(timeout=60)
             watcher.stop()
+            time.sleep(1.5)  # the followers' LISTEN connections close before the database is dropped
     finally:
         moto.terminate()
         moto.wait(timeout=30)
@@ -269,6 +270,9 @@ def run(args: argparse.Namespace) -> str:
     delays = [watcher.seen[ids[k]] - t for k, t in put_at.items() if ids.get(k) in watcher.seen]
     p50 = float(np.percentile(delays, 50))
     p90, load = np.percentile(delays, 90), os.getloadavg()[0]
+    put_ips = len(data) / put_s
+    print(f"producer: {put_ips:.1f} PUT/s into moto (notifications on); e2e / PUT rate {e2e / put_ips:.2f} "
+          "(how closely the indexer kept up with what arrived)")  # fmt: skip
     print(f"end to end: {e2e:.1f} images/s; PUT -> searchable p50 {p50:.2f}s p90 {p90:.2f}s "
           f"max {max(delays):.2f}s; load average {load:.2f}")  # fmt: skip
     return (
