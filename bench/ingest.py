@@ -45,7 +45,8 @@ Where the CPU went: each phase prints the core-seconds of each process group, re
 PostgreSQL process, and the rest of the machine: other tenants of a shared machine, and idle), and
 Triton's CPU per image alone and in the burst. On a shared machine the ratio within one run is what
 counts; these lines say how much of the machine the encoder had in each phase, and who had the rest
-(moto, the emulated S3 and SQS, runs on the same cores here and not in production).
+(moto, the emulated S3 and SQS, runs on the same cores here and not in production; its SQS
+ReceiveMessage costs CPU in proportion to the queue's depth, which a burst keeps deep).
 
 The last line is the summary:
 ``ingest: images=N e2e_ips=... encoder_ips=... efficiency=... put_to_searchable_p50_s=...``
