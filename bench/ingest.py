@@ -165,6 +165,8 @@ def start_shard_servers(env: dict[str, str], shards: int, work: Path) -> tuple[l
     for proc, f in zip(procs, files, strict=True):
         while not (f.exists() and f.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
                 raise RuntimeError(f"a shard server failed to start; see {work}/ingest-shard*.log")
             time.sleep(0.1)
     return procs, [f"127.0.0.1:{f.read_text()}" for f in files]
