@@ -57,7 +57,11 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime threads per in-process pass (0: cores / passes in flight)."
     )
     image_decode_threads: int = Field(default=4, gt=0, description="Threads decoding and resizing images.")
-    triton_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one encode call to Triton.")
+    triton_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Deadline of one encode call to Triton (32 ViT-B/32 images take ~10 s on 2 CPU cores).",
+    )
     triton_retries: int = Field(default=3, ge=0, description="Retries (backoff) while Triton is unavailable.")
     triton_text_bucket: int = Field(
         default=8, ge=1, description="Text rows sent to Triton are padded to a multiple of this many tokens."

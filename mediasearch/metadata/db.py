@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import ConfigError, Conflict, MediaSearchError, Unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK = 0x6D656469  # pg_advisory_xact_lock key: "medi"
 
 
 def normalise_url(url: str) -> str:
@@ -61,6 +62,10 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with translated("migrating the metadata database"), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Services starting together on a fresh database would race to create the tables:
+            # one migrates while the others wait here, then find nothing left to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -9,6 +9,7 @@ import numpy as np
 import psycopg
 import pytest
 from index_support import MODEL, postgres_available, postgres_database
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
@@ -78,3 +79,33 @@ def test_postgres_publish_notifies_listening_shard_servers() -> None:
             payloads = [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
         engine.dispose()
     assert payloads == ["2"]
+
+
+def test_services_starting_together_migrate_a_fresh_postgres_once() -> None:
+    """Shard servers, indexer and gateway all run the migrations at start; without a lock the
+    racing CREATEs failed or deadlocked."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    import threading
+
+    with postgres_database() as url:
+        errors: list[BaseException] = []
+        engines = [make_engine(url) for _ in range(4)]
+
+        def start(engine: Engine) -> None:
+            try:
+                migrate(engine)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(e,), daemon=True) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "a migration hung"
+        assert errors == []
+        with engines[0].connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        for e in engines:
+            e.dispose()
