@@ -39,3 +39,13 @@ def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("repo") / "model_repository"
     export_model(str(tiny_checkpoint), out, "clip")
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed micro CLIP (it knows the scenes' world) exported into a model repository."""
+    from export import export_model
+
+    out = tmp_path_factory.mktemp("micro-repo") / "model_repository"
+    export_model(str(Path(__file__).resolve().parents[1] / "export" / "micro" / "model"), out, "clip")
+    return out

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
 
-_COMMANDS = ("export", "scenes", "triton", "shard-server", "compact", "demo")
+_COMMANDS = ("export", "scenes", "triton", "shard-server", "compact", "serve", "query", "up", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
