@@ -82,8 +82,8 @@ def encode_token(token: PageToken, secret: str) -> str:
 def decode_token(text: str, secret: str, *, fingerprint: bytes, model_version: str) -> PageToken:
     """The token's contents, or InvalidInput saying why it cannot be used with this request."""
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
         raise InvalidInput("page_token is not a token this service issued") from exc
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()[:_MAC_BYTES]
