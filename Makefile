@@ -33,8 +33,8 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 proto: $(PROTO_STAMP)  ## generate the gRPC stubs from proto/ into mediasearch/_proto
 
 lint: $(STAMP) proto  ## ruff + mypy
-	$(BIN)/ruff check mediasearch export tests bench
-	$(BIN)/ruff format --check mediasearch export tests bench
+	$(BIN)/ruff check mediasearch export indexer tests bench
+	$(BIN)/ruff format --check mediasearch export indexer tests bench
 	$(BIN)/mypy
 
 test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)

@@ -171,6 +171,47 @@ class Settings(BaseSettings):
     )
 
     # -- ingestion (issue 6) ------------------------------------------------------------------
+    sqs_endpoint_url: str | None = Field(
+        default=None, description="SQS endpoint (moto, ElasticMQ); None means MEDIASEARCH_S3_ENDPOINT_URL."
+    )
+    indexer_queue_url: str | None = Field(
+        default=None,
+        description="SQS queue receiving the bucket's S3 event notifications (mediasearch indexer).",
+    )
+    indexer_dlq_url: str | None = Field(
+        default=None,
+        description="Dead-letter queue the indexer moves poison messages to; None: rely on the queue's "
+        "redrive policy.",
+    )
+    indexer_max_receives: int = Field(
+        default=5, ge=1, description="A message received this many times without success is poison."
+    )
+    indexer_visibility_timeout_s: int = Field(
+        default=60, ge=5, le=43_200, description="Visibility of received messages; extended while in flight."
+    )
+    indexer_wait_time_s: int = Field(default=10, ge=0, le=20, description="SQS long-poll wait per receive.")
+    indexer_retry_delay_s: int = Field(
+        default=15,
+        ge=0,
+        le=43_200,
+        description="A message whose object could not be fetched reappears after this.",
+    )
+    indexer_batch_size: int = Field(default=32, gt=0, description="Images per encoder call.")
+    indexer_batch_wait_ms: float = Field(
+        default=100.0, ge=0, description="How long a partial batch waits for more images before encoding."
+    )
+    indexer_fetch_concurrency: int = Field(
+        default=16, gt=0, description="Downloads (and decodes queued behind them) in flight at once."
+    )
+    indexer_queue_items: int = Field(
+        default=128, gt=0, description="Bound of each queue between stages (backpressure)."
+    )
+    indexer_commit_max_items: int = Field(
+        default=512, gt=0, description="Most images published in one transaction (one segment per shard)."
+    )
+    indexer_local_bucket: str = Field(
+        default="local", description="Bucket name recorded for images indexed from a local folder."
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,117 @@
+"""Bucket backfill: ``mediasearch backfill s3://bucket/prefix`` indexes what is missing.
+
+Lists the prefix (``ListObjectsV2``), leaves out every object version the database already
+recorded (indexed, failed or removed: one query per listing page), and sends the rest through the
+same pipeline as live events. Interrupt it and run it again: it resumes with what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.events import ObjectEvent, clean_etag
+from indexer.fetch import S3Fetcher, s3_errors
+from indexer.items import IndexReport
+from indexer.runner import ProgressCallback
+from indexer.service import run_pipeline
+from indexer.source import Delivery, Source
+from indexer.sqs import aws_client
+from mediasearch.encoders.base import Encoder
+from mediasearch.errors import ConfigError
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.images_repo import known_versions
+from mediasearch.metadata.models import PENDING
+from mediasearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ConfigError(f"{url!r} is not an s3://bucket[/prefix] URL")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class ListingSource(Source):
+    """One delivery per listed object not yet recorded. :meth:`list_missing` must run first."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, sessions: sessionmaker[Session]) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.sessions = sessions
+        self.listed = 0
+        self.already = 0
+        self._pending: deque[Delivery] = deque()
+
+    def list_missing(self) -> int:
+        """List the prefix; returns how many objects are missing from the index."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with s3_errors(f"listing s3://{self.bucket}/{self.prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                objects = [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+                with self.sessions() as session:
+                    known = known_versions(session, self.bucket, [o["Key"] for o in objects])
+                for obj in objects:
+                    self.listed += 1
+                    etag = clean_etag(obj.get("ETag"))
+                    status = known.get((obj["Key"], etag or ""))
+                    if status is not None and status != PENDING:
+                        self.already += 1
+                        continue
+                    event = ObjectEvent("created", self.bucket, obj["Key"], etag, int(obj.get("Size", 0)),
+                                        obj.get("LastModified"))  # fmt: skip
+                    self._pending.append(Delivery([event], token=obj["Key"]))
+        self.total = len(self._pending)
+        log.info(
+            "backfill: %d objects listed, %d already recorded, %d to index",
+            self.listed,
+            self.already,
+            self.total,
+        )
+        return self.total
+
+    def receive(self, max_deliveries: int) -> list[Delivery] | None:
+        if not self._pending:
+            return None
+        return [self._pending.popleft() for _ in range(min(max_deliveries, len(self._pending)))]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        pass
+
+
+async def abackfill(
+    settings: Settings,
+    url: str,
+    *,
+    encoder: Encoder | None = None,
+    progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Index the objects under ``s3://bucket/prefix`` that the database has not recorded yet."""
+    bucket, prefix = parse_s3_url(url)
+    client = aws_client("s3", settings.s3_endpoint_url, pool=settings.indexer_fetch_concurrency + 4)
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        source = ListingSource(client, bucket, prefix, session_factory(engine))
+        await asyncio.to_thread(source.list_missing)
+    finally:
+        engine.dispose()
+    fetcher = S3Fetcher(client, max_bytes=settings.max_image_bytes)
+    return await run_pipeline(settings, source, fetcher, encoder=encoder, progress=progress)
+
+
+def backfill(
+    settings: Settings, url: str, *, encoder: Encoder | None = None, progress: ProgressCallback | None = None
+) -> IndexReport:
+    """Blocking :func:`abackfill`."""
+    return asyncio.run(abackfill(settings, url, encoder=encoder, progress=progress))

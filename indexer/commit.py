@@ -1,0 +1,212 @@
+"""Write stage: reserve ids, write one segment per shard, then ONE transaction publishes it all.
+
+The order is what makes a crash at any point harmless (exactly-once in effect):
+
+1. **reserve** (its own short transaction): each object version gets its images row, PENDING,
+   keyed by the unique (bucket, key, etag). Its id is the vector's label. A version already
+   INDEXED, FAILED or REMOVED is a duplicate delivery: nothing more to do. A PENDING row left by a
+   run that died is reused (its id was never served).
+2. **stage**: group the vectors by shard (the partitioner) and upload one immutable segment per
+   shard. Nothing serves a segment before its manifest row exists; a crash here leaves orphan
+   files that the compactor's garbage collection deletes.
+3. **publish** (ONE transaction): lock the reserved rows and check they are still PENDING (another
+   indexer that got the same message may have won: its rows are dropped from this batch and the
+   segments restaged without them), mark them INDEXED (or FAILED with the reason), add the segment
+   manifest rows, mark older versions of the same keys and removed objects REMOVED, and tombstone
+   their vectors. Shards see the new vectors and the deletes in the same manifest change.
+4. only then does the runner acknowledge the deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.items import Item
+from mediasearch.errors import Conflict
+from mediasearch.index.builder import BuildConfig
+from mediasearch.index.partition import Partitioner
+from mediasearch.index.store import SegmentStore
+from mediasearch.index.writer import stage_segment
+from mediasearch.metadata.db import translated
+from mediasearch.metadata.images_repo import (
+    NewImage,
+    Unindexed,
+    lock_pending,
+    mark_failed,
+    mark_indexed,
+    remove_object,
+    reserve,
+    status_of,
+    supersede,
+)
+from mediasearch.metadata.manifest_repo import SegmentRecord, add_tombstones, publish_in
+from mediasearch.metadata.models import PENDING
+
+log = logging.getLogger(__name__)
+stages = logging.getLogger("indexer.stages")  # one line per batch step; quiet it under a progress bar
+
+
+class _Raced(Exception):
+    def __init__(self, ids: set[int]) -> None:
+        super().__init__(f"{len(ids)} images were published by another indexer")
+        self.ids = ids
+
+
+class Committer:
+    """Records a batch of items; sets each item's ``outcome``. Synchronous: run it in a thread."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: SegmentStore,
+        partitioner: Partitioner,
+        config: BuildConfig,
+        model_version: str,
+        *,
+        work_dir: Path | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.partitioner = partitioner
+        self.config = config
+        self.model_version = model_version
+        self.work_dir = work_dir
+
+    def already_done(self, bucket: str, key: str, etag: str) -> bool:
+        """True when this version is recorded for good (a duplicate delivery; skip its work)."""
+        with self.sessions() as session:
+            status = status_of(session, bucket, key, etag)
+        return status is not None and status != PENDING
+
+    def commit(self, items: Sequence[Item]) -> None:
+        created = [it for it in items if it.outcome is None and it.event.kind == "created"]
+        removed = [it for it in items if it.outcome is None and it.event.kind == "removed"]
+        if not created and not removed:
+            return
+        self.publish(self.reserve(created), removed)
+
+    def publish(self, live: list[Item], removed: list[Item]) -> None:
+        """Steps 2-3 for reserved items (see :meth:`reserve`) and removal events."""
+        while True:
+            records = self._stage(live)
+            try:
+                self._publish(live, removed, records)
+                break
+            except _Raced as raced:
+                log.info("indexer: %s; restaging without them", raced)
+                for it in live:
+                    if it.image_id in raced.ids:
+                        it.outcome = "duplicate"
+                live = [it for it in live if it.outcome is None]
+        for it in live:
+            it.outcome = "indexed" if it.vector is not None else "failed"
+        for it in removed:
+            it.outcome = "removed"
+        _stage("committed", len(live), len(removed))
+
+    # -- 1. reserve -------------------------------------------------------------------------
+    def reserve(self, created: list[Item]) -> list[Item]:
+        """Step 1: give each created item its row id; returns the items still to publish."""
+        if not created:
+            return []
+        images = [_new_image(it) for it in created]
+        for attempt in range(5):
+            try:
+                with translated("reserving image ids"), self.sessions.begin() as session:
+                    reservations = reserve(session, images)
+                break
+            except Conflict:  # another indexer inserted one of these versions first: read it
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        first: set[int] = set()
+        for it, res in zip(created, reservations, strict=True):
+            if res.status != PENDING or res.image_id in first:
+                it.outcome = "duplicate"
+                continue
+            first.add(res.image_id)
+            it.image_id = res.image_id
+        _stage("reserved", len(first), 0)
+        return [it for it in created if it.outcome is None]
+
+    # -- 2. stage ---------------------------------------------------------------------------
+    def _stage(self, live: list[Item]) -> list[tuple[SegmentRecord, list[Item]]]:
+        encoded = [it for it in live if it.vector is not None]
+        if not encoded:
+            return []
+        ids = np.array([it.image_id for it in encoded], dtype=np.int64)
+        stamps = np.array([_created(it).timestamp() for it in encoded], dtype=np.float64)
+        shards = self.partitioner.shards_for(ids, stamps)
+        vectors = np.stack([it.vector for it in encoded if it.vector is not None]).astype(np.float32)
+        out = []
+        for shard in sorted(set(shards.tolist())):
+            mask = shards == shard
+            record = stage_segment(
+                self.store,
+                vectors[mask],
+                ids[mask],
+                shard=int(shard),
+                model_version=self.model_version,
+                config=self.config,
+                work_dir=self.work_dir,
+            )
+            out.append((record, [it for it, m in zip(encoded, mask, strict=True) if m]))
+        _stage("staged", len(encoded), len(out))
+        return out
+
+    # -- 3. publish -------------------------------------------------------------------------
+    def _publish(
+        self, live: list[Item], removed: list[Item], records: list[tuple[SegmentRecord, list[Item]]]
+    ) -> None:
+        now = datetime.now(UTC)
+        with translated("publishing an indexer batch"), self.sessions.begin() as session:
+            raced = lock_pending(session, [it.image_id for it in live if it.image_id is not None])
+            if raced:
+                raise _Raced(raced)
+            rows = [
+                (it.image_id, record.shard, it.width or 0, it.height or 0)
+                for record, members in records
+                for it in members
+                if it.image_id is not None
+            ]
+            mark_indexed(session, rows, model_version=self.model_version, when=now)
+            for it in live:
+                if it.vector is None and it.image_id is not None:
+                    mark_failed(session, it.image_id, it.error or "unknown error")
+            publish_in(session, add=[record for record, _ in records])
+            gone: list[Unindexed] = []
+            for bucket, key in sorted({(it.event.bucket, it.event.key) for it in live}):
+                gone.extend(supersede(session, bucket, key))
+            for it in removed:
+                gone.extend(remove_object(session, it.event.bucket, it.event.key, it.keep_etag))
+            by_shard: dict[int | None, list[int]] = defaultdict(list)
+            for g in gone:
+                if g.had_vector:
+                    by_shard[g.shard].append(g.image_id)
+            for shard, ids in by_shard.items():
+                add_tombstones(session, ids, shard=shard)
+
+
+def _created(it: Item) -> datetime:
+    if it.fetched is not None:
+        return it.fetched.created
+    return it.event.time or datetime.now(UTC)
+
+
+def _new_image(it: Item) -> NewImage:
+    f = it.fetched
+    assert f is not None, "a created event reaches the commit stage fetched"
+    return NewImage(it.event.bucket, it.event.key, f.etag, f.size, f.content_type, f.created)
+
+
+def _stage(name: str, count: int, extra: int) -> None:
+    """One log line per step: operators (and the kill -9 test) see how far a batch got."""
+    stages.info("indexer stage=%s images=%d extra=%d t=%.3f", name, count, extra, time.time())

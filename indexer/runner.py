@@ -1,0 +1,318 @@
+"""The runner: composes source -> fetch + decode -> batch encode -> commit -> acknowledge.
+
+Each arrow is a bounded asyncio queue, so a slow stage pushes back on the ones before it (the
+source stops receiving when the fetch queue is full; nothing is buffered without bound). The stages
+overlap: while a batch is being encoded the next one is downloaded and decoded, and the previous
+one is being written and committed, so the encoder is never waiting for I/O. Blocking work runs in
+thread pools (boto3, file reads, the database, segment writes; Pillow decodes in its own pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from indexer.commit import Committer
+from indexer.fetch import Fetcher
+from indexer.items import IndexReport, Item
+from indexer.source import Delivery, Source
+from mediasearch.encoders.base import Encoder
+from mediasearch.errors import Conflict, MediaSearchError, NotFound
+from mediasearch.preprocess.image import decode_image, resize_center_crop
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ProgressCallback = Callable[[IndexReport, "int | None"], None]
+_END: Any = object()
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    batch_size: int = 32
+    batch_wait_s: float = 0.1
+    fetch_concurrency: int = 16
+    queue_items: int = 128
+    commit_max_items: int = 512
+    decode_threads: int = 4
+    encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    heartbeat_s: float = 5.0
+
+
+class Pipeline:
+    """One run over a source. ``await run()`` returns when the source is exhausted (or ``stop`` is
+    set, or it stayed idle ``idle_exit_s``) and every received delivery is committed or retried."""
+
+    def __init__(
+        self,
+        source: Source,
+        fetcher: Fetcher,
+        encoder: Encoder,
+        committer: Committer,
+        options: PipelineOptions | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.source = source
+        self.fetcher = fetcher
+        self.encoder = encoder
+        self.committer = committer
+        self.options = options or PipelineOptions()
+        self.progress = progress
+        self.report = IndexReport()
+        self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, stop: asyncio.Event | None = None, idle_exit_s: float | None = None) -> IndexReport:
+        o = self.options
+        self._loop = asyncio.get_running_loop()
+        self._io = ThreadPoolExecutor(o.fetch_concurrency + 4, thread_name_prefix="indexer-io")
+        self._decode = ThreadPoolExecutor(o.decode_threads, thread_name_prefix="indexer-decode")
+        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="indexer-commit")
+        q_fetch: asyncio.Queue[Any] = asyncio.Queue(o.queue_items)
+        q_ready: asyncio.Queue[Any] = asyncio.Queue(o.queue_items)
+        q_commit: asyncio.Queue[Any] = asyncio.Queue(max(2, o.commit_max_items // o.batch_size))
+        stop = stop or asyncio.Event()
+        done = asyncio.Event()
+        try:
+            workers = [
+                asyncio.create_task(self._fetch_loop(q_fetch, q_ready)) for _ in range(o.fetch_concurrency)
+            ]
+            tasks = [
+                asyncio.create_task(self._receive_loop(q_fetch, stop, idle_exit_s)),
+                asyncio.create_task(self._close_after(workers, q_ready)),
+                asyncio.create_task(self._encode_loop(q_ready, q_commit)),
+                asyncio.create_task(self._commit_loop(q_commit)),
+            ]
+            beat = asyncio.create_task(self._heartbeat_loop(done))
+            try:
+                await asyncio.gather(*tasks, *workers)
+            finally:
+                done.set()
+                await beat
+        finally:
+            for pool in (self._io, self._decode, self._commit_pool):
+                pool.shutdown(wait=True, cancel_futures=True)
+            self.report.finished = time.monotonic()
+        return self.report
+
+    async def _blocking(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(pool, fn, *args)
+
+    # -- source ---------------------------------------------------------------------------------
+    async def _receive_loop(
+        self, q_fetch: asyncio.Queue[Any], stop: asyncio.Event, idle_exit_s: float | None
+    ) -> None:
+        last_activity = time.monotonic()
+        try:
+            while not stop.is_set():
+                room = max(1, min(10, q_fetch.maxsize - q_fetch.qsize()))
+                deliveries = await self._blocking(self._io, self.source.receive, room)
+                if deliveries is None:
+                    break
+                if deliveries or self._in_flight:
+                    last_activity = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
+                    log.info("indexer: idle for %.0fs, stopping", idle_exit_s)
+                    break
+                empty = [d for d in deliveries if not d.events]
+                if empty:  # test events and ignored event types: nothing to record
+                    await self._blocking(self._io, self.source.ack, empty)
+                for delivery in deliveries:
+                    for event in delivery.events:
+                        self._in_flight += 1
+                        await q_fetch.put(Item(delivery, event))
+        finally:
+            for _ in range(self.options.fetch_concurrency):
+                await q_fetch.put(_END)
+
+    async def _heartbeat_loop(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), self.options.heartbeat_s)
+            except TimeoutError:
+                try:
+                    await self._blocking(self._io, self.source.heartbeat)
+                except MediaSearchError:
+                    log.warning("indexer: heartbeat failed", exc_info=True)
+
+    # -- fetch + decode -------------------------------------------------------------------------
+    async def _fetch_loop(self, q_fetch: asyncio.Queue[Any], q_ready: asyncio.Queue[Any]) -> None:
+        while (item := await q_fetch.get()) is not _END:
+            await self._prepare(item)
+            await q_ready.put(item)
+
+    async def _close_after(self, workers: list[asyncio.Task[None]], q_ready: asyncio.Queue[Any]) -> None:
+        await asyncio.gather(*workers, return_exceptions=True)
+        await q_ready.put(_END)
+
+    async def _prepare(self, item: Item) -> None:
+        ev = item.event
+        try:
+            if ev.kind == "removed":
+                item.keep_etag = await self._blocking(self._io, self.fetcher.current_etag, ev)
+                return
+            if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
+                item.outcome = "duplicate"
+                return
+            fetched = await self._blocking(self._io, self.fetcher.fetch, ev)
+            item.fetched = fetched
+            if not ev.etag and await self._done(ev.bucket, ev.key, fetched.etag):
+                item.outcome = "duplicate"
+                return
+        except NotFound as exc:
+            log.info("indexer: skipping %s: %s", item.uri, exc)
+            item.outcome = "gone"
+            return
+        except Conflict as exc:
+            log.info("indexer: skipping %s: %s", item.uri, exc)
+            item.outcome = "stale"
+            return
+        except MediaSearchError as exc:
+            log.warning("indexer: %s will be retried: %s", item.uri, exc)
+            item.outcome = "retry"
+            return
+        if fetched.error is not None:
+            item.error = fetched.error
+            return
+        await self._blocking(self._decode, self._decode_item, item)
+
+    async def _done(self, bucket: str, key: str, etag: str) -> bool:
+        done: bool = await self._blocking(self._io, self.committer.already_done, bucket, key, etag)
+        return done
+
+    def _decode_item(self, item: Item) -> None:
+        assert item.fetched is not None and item.fetched.data is not None
+        spec = self.encoder.image_spec
+        try:
+            img = decode_image(
+                item.fetched.data,
+                max_bytes=self.options.max_image_bytes,
+                max_pixels=self.options.max_image_pixels,
+            )
+            item.width, item.height = img.size
+            item.pixels = resize_center_crop(img, spec.resize, spec.crop)
+        except MediaSearchError as exc:
+            item.error = str(exc)
+        except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image
+            item.error = f"cannot decode image: {exc!r}"
+        item.fetched = _without_data(item.fetched)
+
+    # -- encode ---------------------------------------------------------------------------------
+    async def _encode_loop(self, q_ready: asyncio.Queue[Any], q_commit: asyncio.Queue[Any]) -> None:
+        o = self.options
+        gate = asyncio.Semaphore(o.encode_inflight)
+        running: set[asyncio.Task[None]] = set()
+        ended = False
+        while not ended:
+            first = await q_ready.get()
+            if first is _END:
+                break
+            batch, pixels = [first], int(first.pixels is not None)
+            deadline = time.monotonic() + o.batch_wait_s
+            while pixels < o.batch_size:
+                try:
+                    nxt = await asyncio.wait_for(q_ready.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if nxt is _END:
+                    ended = True
+                    break
+                batch.append(nxt)
+                pixels += nxt.pixels is not None
+            await gate.acquire()
+            task = asyncio.create_task(self._encode_batch(batch, q_commit, gate))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        if running:
+            await asyncio.gather(*running)
+        await q_commit.put(_END)
+
+    async def _encode_batch(
+        self, batch: list[Item], q_commit: asyncio.Queue[Any], gate: asyncio.Semaphore
+    ) -> None:
+        import numpy as np
+
+        try:
+            todo = [it for it in batch if it.pixels is not None]
+            if todo:
+                try:
+                    vectors = await self.encoder.encode_pixels(
+                        np.stack([it.pixels for it in todo if it.pixels is not None])
+                    )
+                except MediaSearchError as exc:
+                    log.warning("indexer: encoding %d images failed, will retry: %s", len(todo), exc)
+                    for it in todo:
+                        it.outcome = "retry"
+                else:
+                    for it, vec in zip(todo, vectors, strict=True):
+                        it.vector = vec
+                for it in todo:
+                    it.pixels = None
+        finally:
+            gate.release()
+        await q_commit.put(batch)
+
+    # -- commit + acknowledge ------------------------------------------------------------------
+    async def _commit_loop(self, q_commit: asyncio.Queue[Any]) -> None:
+        ended = False
+        while not ended:
+            batch = await q_commit.get()
+            if batch is _END:
+                break
+            items = list(batch)
+            while len(items) < self.options.commit_max_items:
+                try:
+                    more = q_commit.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if more is _END:
+                    ended = True
+                    break
+                items.extend(more)
+            await self._commit(items)
+
+    async def _commit(self, items: list[Item]) -> None:
+        try:
+            await self._blocking(self._commit_pool, self.committer.commit, items)
+        except MediaSearchError:
+            log.exception("indexer: committing %d events failed; they will be retried", len(items))
+            for it in items:
+                if it.outcome not in ("duplicate", "gone", "stale"):
+                    it.outcome = "retry"
+        ack: list[Delivery] = []
+        retry: list[Delivery] = []
+        for it in items:
+            self.report.count(it)
+            d = it.delivery
+            d.done += 1
+            d.retry = d.retry or it.outcome == "retry"
+            if d.done == len(d.events):
+                (retry if d.retry else ack).append(d)
+        try:
+            if ack:
+                await self._blocking(self._io, self.source.ack, ack)
+            if retry:
+                await self._blocking(self._io, self.source.retry, retry)
+        except MediaSearchError:  # not acknowledged: redelivered, then skipped as a duplicate
+            log.exception("indexer: acknowledging %d deliveries failed", len(ack))
+        self._in_flight -= len(items)
+        if ack:
+            logging.getLogger("indexer.stages").info(
+                "indexer stage=acked deliveries=%d t=%.3f", len(ack), time.time()
+            )
+        if self.progress is not None:
+            self.progress(self.report, self.source.total)
+
+
+def _without_data(fetched: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(fetched, data=None)

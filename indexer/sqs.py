@@ -1,0 +1,174 @@
+"""S3 event notifications through SQS: the production source (``mediasearch indexer``).
+
+Long-polls the queue; each message is one :class:`~indexer.source.Delivery`. While a delivery is
+in flight its visibility is extended (heartbeat), so a slow batch is not handed to another worker.
+A message is deleted only after the transaction recording all its events committed; if the
+process dies first, SQS delivers the message again and the database's idempotency key
+(bucket, key, etag) turns the redelivery into a no-op or a resumption.
+
+Poison messages. A body that is not an S3 event, or a message received more than
+``max_receives`` times (it failed, or killed the worker, every time), is poison:
+
+- with ``dlq_url`` set (``MEDIASEARCH_INDEXER_DLQ_URL``), the indexer itself sends the body to that
+  queue (with the reason in a message attribute) and deletes the original;
+- without it, the indexer leaves the message alone and relies on the queue's redrive policy
+  (``maxReceiveCount``) to move it; configure one or the other, or a poison message cycles forever.
+
+Objects that are not images (corrupt, truncated, too large) are not poison: they are recorded as
+FAILED rows and their messages acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from indexer.events import parse_message
+from indexer.source import Delivery, Source
+from mediasearch.errors import ConfigError, InvalidInput, Unavailable
+
+log = logging.getLogger(__name__)
+POISON_ATTRIBUTE = "mediasearch-poison-reason"
+
+
+def aws_client(service: str, endpoint_url: str | None, *, pool: int = 10) -> Any:
+    """A boto3 client with bounded retries and a connection pool as large as our concurrency."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
+    config = Config(retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=pool,
+                    connect_timeout=5, read_timeout=30)  # fmt: skip
+    try:
+        return boto3.client(service, endpoint_url=endpoint_url, config=config)
+    except BotoCoreError as exc:  # e.g. no region configured
+        raise ConfigError(f"cannot create the {service} client: {exc}") from exc
+
+
+@contextlib.contextmanager
+def sqs_errors(what: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        raise Unavailable(f"{what}: SQS answered {exc.response.get('Error', {}).get('Code', exc)}") from exc
+    except BotoCoreError as exc:
+        raise Unavailable(f"{what}: {exc}") from exc
+
+
+class SqsSource(Source):
+    """Deliveries from one SQS queue."""
+
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        *,
+        wait_time_s: int = 10,
+        visibility_timeout_s: int = 60,
+        max_receives: int = 5,
+        dlq_url: str | None = None,
+        retry_delay_s: int = 15,
+    ) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.wait_time_s = wait_time_s
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_receives = max_receives
+        self.dlq_url = dlq_url
+        self.retry_delay_s = retry_delay_s
+        self.poisoned = 0
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[Delivery, float]] = {}  # receipt handle -> (delivery, extended at)
+
+    def receive(self, max_deliveries: int) -> list[Delivery]:
+        with sqs_errors(f"receiving from {self.queue_url}"):
+            response = self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=max(1, min(10, max_deliveries)),
+                WaitTimeSeconds=self.wait_time_s,
+                VisibilityTimeout=self.visibility_timeout_s,
+                AttributeNames=["ApproximateReceiveCount"],
+            )
+        out = []
+        for message in response.get("Messages", []):
+            receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+            try:
+                events = parse_message(message.get("Body", ""))
+            except InvalidInput as exc:
+                self._poison(message, str(exc))
+                continue
+            if receives > self.max_receives:
+                self._poison(message, f"received {receives} times without being processed")
+                continue
+            delivery = Delivery(events, token=message["ReceiptHandle"], receives=receives)
+            with self._lock:
+                self._in_flight[delivery.token] = (delivery, time.monotonic())
+            out.append(delivery)
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._forget(deliveries)
+        for chunk in _chunks([d.token for d in deliveries], 10):
+            entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)]
+            with sqs_errors("deleting processed messages"):
+                response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            for failed in response.get("Failed", []):  # redelivered later, then skipped as a duplicate
+                log.warning("indexer: could not delete a processed message: %s", failed.get("Message"))
+
+    def retry(self, deliveries: Sequence[Delivery]) -> None:
+        """Make them visible again after ``retry_delay_s`` (not the full visibility timeout)."""
+        self._forget(deliveries)
+        self._set_visibility([d.token for d in deliveries], self.retry_delay_s)
+
+    def heartbeat(self) -> None:
+        """Extend the visibility of deliveries in flight for more than a third of the timeout."""
+        now = time.monotonic()
+        due_after = self.visibility_timeout_s / 3
+        with self._lock:
+            due = [h for h, (_, at) in self._in_flight.items() if now - at >= due_after]
+            for handle in due:
+                self._in_flight[handle] = (self._in_flight[handle][0], now)
+        if due:
+            log.debug("indexer: extending the visibility of %d messages", len(due))
+            self._set_visibility(due, self.visibility_timeout_s)
+
+    def _set_visibility(self, handles: list[str], seconds: int) -> None:
+        for chunk in _chunks(handles, 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": seconds} for i, h in enumerate(chunk)
+            ]
+            with sqs_errors("changing message visibility"):
+                self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+
+    def _forget(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for d in deliveries:
+                self._in_flight.pop(d.token, None)
+
+    def _poison(self, message: dict[str, Any], reason: str) -> None:
+        self.poisoned += 1
+        if self.dlq_url is None:
+            log.error("indexer: poison message %s (%s); left for the queue's redrive policy",
+                      message.get("MessageId"), reason)  # fmt: skip
+            return
+        log.error(
+            "indexer: poison message %s (%s); moved to %s", message.get("MessageId"), reason, self.dlq_url
+        )
+        with sqs_errors("moving a poison message to the dead-letter queue"):
+            self.client.send_message(
+                QueueUrl=self.dlq_url,
+                MessageBody=message.get("Body") or "<empty>",
+                MessageAttributes={POISON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:1000]}},
+            )
+            self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

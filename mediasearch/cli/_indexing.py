@@ -1,0 +1,43 @@
+"""Options shared by ``index``, ``backfill`` and ``indexer``: where the index lives and which
+encoder runs. Anything not given on the command line comes from ``MEDIASEARCH_*`` settings."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mediasearch.settings import Settings, load_settings
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="metadata database (MEDIASEARCH_DATABASE_URL)")
+    p.add_argument(
+        "--store-url", help="segment store, file://... or s3://... (MEDIASEARCH_SEGMENT_STORE_URL)"
+    )
+    p.add_argument("--model-repository", help="exported model repository (MEDIASEARCH_MODEL_REPOSITORY)")
+    p.add_argument(
+        "--encoder", choices=("local", "triton"), help="local ONNX Runtime or Triton (MEDIASEARCH_ENCODER)"
+    )
+    p.add_argument("--triton-url", help="Triton gRPC host:port (MEDIASEARCH_TRITON_GRPC_URL)")
+    p.add_argument("--batch-size", type=int, help="images per encoder call (MEDIASEARCH_INDEXER_BATCH_SIZE)")
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        "database_url": args.database_url,
+        "segment_store_url": args.store_url,
+        "model_repository": args.model_repository,
+        "encoder": args.encoder,
+        "triton_grpc_url": args.triton_url,
+        "indexer_batch_size": args.batch_size,
+        **extra,
+    }
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def print_report(report: Any) -> None:
+    print(report.summary())
+    for uri, error in report.failures[:20]:
+        print(f"  failed: {uri}: {error}")
+    if len(report.failures) > 20:
+        print(f"  ... and {report.failed - 20} more failed (status 'failed' in the images table)")

@@ -1,0 +1,44 @@
+"""``mediasearch index FOLDER``: index the images of a local folder (the embedded default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mediasearch.cli._indexing import add_common, print_report, settings_from
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="index the image files of a local folder (embedded mode, the demo)",
+        description=(
+            "Index every image file under FOLDER (jpg, png, gif, bmp, webp, tiff; hidden files "
+            "skipped): decode, encode with the exported model, write segments and image rows. "
+            "The key of a file is its path relative to FOLDER, its version the SHA-256 of its "
+            "content. Run it again to index only what is new or changed; safe to interrupt. "
+            "Unusable files are recorded as failed with the reason. A progress bar (count, rate, "
+            "ETA) goes to stderr. Unset options come from MEDIASEARCH_* settings."
+        ),
+    )
+    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("--bucket", help="bucket name recorded for these files (MEDIASEARCH_INDEXER_LOCAL_BUCKET)")
+    add_common(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from indexer.folder import index_folder
+    from indexer.progress import ProgressBar
+
+    if not args.no_progress:  # the bar says it better than one log line per batch
+        logging.getLogger("indexer.stages").setLevel(logging.WARNING)
+    settings = settings_from(args)
+    bar = None if args.no_progress else ProgressBar("indexing")
+    report = index_folder(settings, args.folder, progress=bar, bucket=args.bucket)
+    if bar is not None:
+        bar.close(report, report.processed + report.retried)
+    print_report(report)
+    return 0 if report.retried == 0 else 1

@@ -1,0 +1,150 @@
+"""The SQS worker against moto's S3 + SQS server (notifications configured on the bucket),
+PostgreSQL, a real S3 segment store and the tiny CLIP in ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from index_support import postgres_available, postgres_database
+from indexer_support import (
+    AWS_ENV,
+    Bucket,
+    bad_inputs,
+    free_port,
+    indexer_settings,
+    rows,
+    scene_bytes,
+    search_ids,
+    served_ids,
+    sessions_for,
+    store_of,
+)
+from moto.server import ThreadedMotoServer
+
+from indexer.sqs import POISON_ATTRIBUTE, SqsSource, aws_client
+from indexer.worker import arun_worker
+from mediasearch.encoders import LocalEncoder
+from mediasearch.metadata.models import FAILED, INDEXED, REMOVED
+from mediasearch.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    return Bucket(endpoint, f"photos-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+    with postgres_database() as url:
+        yield url
+
+
+def work(settings: Settings) -> None:
+    report = asyncio.run(arun_worker(settings, idle_exit_s=1.5))
+    assert report.retried == 0
+
+
+def test_s3_events_index_new_objects_replace_overwritten_ones_remove_deleted_ones_and_record_bad_ones(
+    bucket: Bucket, database_url: str, tmp_path: Path, tiny_repository: Path
+) -> None:
+    bucket.notify()
+    settings = indexer_settings(tmp_path, tiny_repository, database_url, **bucket.settings_overrides())
+    good = {f"holiday photos/day {i}+{i}.jpg": scene_bytes(i) for i in range(12)}
+    etags = {key: bucket.put(key, data) for key, data in good.items()}
+    corpus = bad_inputs()
+    for name, (data, _) in corpus.items():
+        bucket.put(f"bad/{name}", data)
+    dup = {"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-01-01T00:00:00Z",
+                        "s3": {"bucket": {"name": bucket.name},
+                               "object": {"key": "holiday+photos/day+3%2B3.jpg", "eTag": etags["holiday photos/day 3+3.jpg"]}}}]}  # fmt: skip
+    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=json.dumps(dup))  # a duplicate delivery
+    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody="this is not an S3 event")
+    work(settings)
+
+    sessions = sessions_for(database_url)
+    by_key = {r.key: r for r in rows(sessions)}
+    assert {k: by_key[k].status for k in good} == dict.fromkeys(good, INDEXED)
+    for name, (_, reason) in corpus.items():
+        row = by_key[f"bad/{name}"]
+        assert row.status == FAILED and reason in (row.error or ""), (name, row.error)
+    store = store_of(settings)
+    assert set(served_ids(sessions, store, settings.num_shards).values()) == {1}
+    assert len(served_ids(sessions, store, settings.num_shards)) == len(good)
+    assert bucket.messages(bucket.queue_url) == 0
+    poison = bucket.sqs.receive_message(QueueUrl=bucket.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in poison] == ["this is not an S3 event"]
+    assert "not JSON" in poison[0]["MessageAttributes"][POISON_ATTRIBUTE]["StringValue"]
+
+    # Phase two: overwrite one key, delete another.
+    replaced, deleted = "holiday photos/day 1+1.jpg", "holiday photos/day 2+2.jpg"
+    new_data = scene_bytes(50)
+    bucket.put(replaced, new_data)
+    bucket.s3.delete_object(Bucket=bucket.name, Key=deleted)
+    work(settings)
+
+    versions = [(r.status, r.id) for r in rows(sessions) if r.key == replaced]
+    assert [s for s, _ in versions] == [REMOVED, INDEXED]
+    assert [r.status for r in rows(sessions) if r.key == deleted] == [REMOVED]
+    served = served_ids(sessions, store, settings.num_shards)
+    assert versions[0][1] not in served and versions[1][1] in served and by_key[deleted].id not in served
+    assert len(served) == len(good) - 1 and set(served.values()) == {1}
+
+    async def vector() -> object:
+        async with LocalEncoder(tiny_repository) as enc:
+            return (await enc.encode_images([new_data])).raise_first()[0]
+
+    assert search_ids(sessions, store, settings.num_shards, asyncio.run(vector()))[0] == versions[1][1]  # type: ignore[arg-type]
+    assert bucket.messages(bucket.queue_url) == 0
+
+
+def test_a_message_received_more_than_max_receives_times_is_moved_to_the_dead_letter_queue(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put",
+                                    "s3": {"bucket": {"name": bucket.name}, "object": {"key": "a.jpg"}}}]})  # fmt: skip
+    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=body)
+    source = SqsSource(aws_client("sqs", bucket.endpoint), bucket.queue_url, wait_time_s=1,
+                       visibility_timeout_s=5, max_receives=2, dlq_url=bucket.dlq_url, retry_delay_s=0)  # fmt: skip
+    for _ in range(2):  # it kills the worker (or fails) each time: never acknowledged
+        (delivery,) = source.receive(10)
+        source.retry([delivery])
+    assert source.receive(10) == [] and source.poisoned == 1
+    assert bucket.messages(bucket.queue_url) == 0
+    (moved,) = bucket.sqs.receive_message(QueueUrl=bucket.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    assert (
+        moved["Body"] == body
+        and "received 3 times" in moved["MessageAttributes"][POISON_ATTRIBUTE]["StringValue"]
+    )
+
+
+def test_visibility_of_a_delivery_in_flight_is_extended_until_it_is_acknowledged(bucket: Bucket) -> None:
+    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=json.dumps({"Records": []}))
+    source = SqsSource(
+        aws_client("sqs", bucket.endpoint), bucket.queue_url, wait_time_s=0, visibility_timeout_s=3
+    )
+    (delivery,) = source.receive(10)
+    for _ in range(4):  # a slow batch: 4.4 s > the 3 s visibility timeout
+        time.sleep(1.1)
+        source.heartbeat()
+    assert source.receive(10) == []  # without the heartbeat it would be visible (and redelivered) now
+    source.ack([delivery])
+    assert bucket.messages(bucket.queue_url) == 0

@@ -1,0 +1,217 @@
+"""The indexing pipeline on a local folder: real ONNX (tiny CLIP), SQLite, a folder segment store.
+
+Exactly-once in effect (duplicates, redelivery, resumption after a crash, a lost race), versions
+replacing each other, removals, and a corpus of bad inputs that are recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from indexer_support import (
+    bad_inputs,
+    indexer_settings,
+    rows,
+    scene_bytes,
+    search_ids,
+    served_ids,
+    sessions_for,
+    store_of,
+)
+
+from indexer.commit import Committer
+from indexer.events import ObjectEvent
+from indexer.fetch import FileFetcher
+from indexer.folder import index_folder
+from indexer.items import Item
+from indexer.progress import ProgressBar
+from indexer.service import run_pipeline
+from indexer.source import Delivery, MemorySource
+from mediasearch.encoders import LocalEncoder
+from mediasearch.index.builder import BuildConfig
+from mediasearch.index.partition import HashPartitioner
+from mediasearch.metadata.images_repo import NewImage, reserve
+from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED
+from mediasearch.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_repository: Path) -> Settings:
+    return indexer_settings(tmp_path, tiny_repository)
+
+
+def own_vector(repository: Path, data: bytes) -> np.ndarray:
+    async def go() -> np.ndarray:
+        async with LocalEncoder(repository) as enc:
+            return (await enc.encode_images([data])).raise_first()[0]
+
+    return asyncio.run(go())
+
+
+def write(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def test_folder_index_makes_good_images_searchable_and_records_each_bad_input_with_its_reason(
+    settings: Settings, tmp_path: Path, tiny_repository: Path
+) -> None:
+    photos = tmp_path / "photos"
+    good = {f"scenes/s{i}.jpg": scene_bytes(i) for i in range(20)}
+    corpus = bad_inputs()
+    write(photos, good | {name: data for name, (data, _) in corpus.items()})
+    (photos / "notes.json").write_text("{}")  # not an image extension: not even looked at
+    bar_out = io.StringIO()
+    report = index_folder(settings, photos, progress=ProgressBar("t", stream=bar_out, log_every_s=0))
+
+    assert (report.indexed, report.failed, report.skipped, report.retried) == (20, len(corpus), 0, 0)
+    assert "/28" in bar_out.getvalue() and "ETA" in bar_out.getvalue()
+    sessions = sessions_for(settings.database_url)
+    by_key = {r.key: r for r in rows(sessions)}
+    assert set(by_key) == set(good) | set(corpus)
+    for name, (_, reason) in corpus.items():
+        assert by_key[name].status == FAILED and reason in (by_key[name].error or ""), (
+            name,
+            by_key[name].error,
+        )
+    store = store_of(settings)
+    served = served_ids(sessions, store, settings.num_shards)
+    assert sorted(served) == sorted(by_key[k].id for k in good) and set(served.values()) == {1}
+    row = by_key["scenes/s7.jpg"]
+    assert (row.status, row.width, row.height, row.bucket, row.shard is not None) == (
+        INDEXED,
+        64,
+        64,
+        "local",
+        True,
+    )
+    assert row.model_version and row.indexed is not None and row.content_type == "image/jpeg"
+    assert (
+        search_ids(sessions, store, settings.num_shards, own_vector(tiny_repository, good["scenes/s7.jpg"]))[
+            0
+        ]
+        == row.id
+    )
+
+
+def test_running_again_indexes_nothing_twice_and_a_changed_file_replaces_its_old_version(
+    settings: Settings, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    write(photos, {f"p{i}.jpg": scene_bytes(i) for i in range(6)})
+    assert index_folder(settings, photos).indexed == 6
+    again = index_folder(settings, photos)
+    assert (again.indexed, again.skipped) == (0, 6)
+
+    sessions = sessions_for(settings.database_url)
+    old = {r.key: r.id for r in rows(sessions)}
+    (photos / "p2.jpg").write_bytes(scene_bytes(100))  # new content at the same key
+    changed = index_folder(settings, photos)
+    assert (changed.indexed, changed.skipped) == (1, 5)
+    by_id = {r.id: r for r in rows(sessions)}
+    assert by_id[old["p2.jpg"]].status == REMOVED
+    served = served_ids(sessions, store_of(settings), settings.num_shards)
+    assert old["p2.jpg"] not in served and set(served.values()) == {1} and len(served) == 6
+
+
+def run_events(
+    settings: Settings, folder: Path, batches: list[list[ObjectEvent]], **kw: object
+) -> MemorySource:
+    source = MemorySource(batches, **kw)  # type: ignore[arg-type]
+    asyncio.run(run_pipeline(settings, source, FileFetcher(folder, max_bytes=settings.max_image_bytes)))
+    return source
+
+
+def test_the_same_object_delivered_many_times_in_and_across_batches_is_indexed_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write(tmp_path / "f", {"a.jpg": scene_bytes(1), "b.jpg": scene_bytes(2)})
+    a, b = ObjectEvent("created", "local", "a.jpg"), ObjectEvent("created", "local", "b.jpg")
+    source = run_events(settings, tmp_path / "f", [[a, a], [a], [b, a, b]])
+    run_events(settings, tmp_path / "f", [[a], [b]])  # redelivered later
+    assert len(source.acked) == 3 and not source.retried
+    sessions = sessions_for(settings.database_url)
+    assert [(r.key, r.status) for r in rows(sessions)] == [("a.jpg", INDEXED), ("b.jpg", INDEXED)]
+    assert sorted(served_ids(sessions, store_of(settings), settings.num_shards).values()) == [1, 1]
+
+
+def test_object_removed_marks_the_deleted_object_removed_and_tombstones_its_vector(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write(tmp_path / "f", {"a.jpg": scene_bytes(1), "b.jpg": scene_bytes(2)})
+    created = [ObjectEvent("created", "local", k) for k in ("a.jpg", "b.jpg")]
+    run_events(settings, tmp_path / "f", [created])
+    (tmp_path / "f" / "a.jpg").unlink()
+    run_events(settings, tmp_path / "f", [[ObjectEvent("removed", "local", "a.jpg")]])
+    sessions = sessions_for(settings.database_url)
+    status = {r.key: (r.id, r.status) for r in rows(sessions)}
+    assert status["a.jpg"][1] == REMOVED and status["b.jpg"][1] == INDEXED
+    assert list(served_ids(sessions, store_of(settings), settings.num_shards)) == [status["b.jpg"][0]]
+
+
+def test_a_removal_event_handled_after_the_key_was_written_again_keeps_the_new_version(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write(tmp_path / "f", {"a.jpg": scene_bytes(1)})
+    run_events(settings, tmp_path / "f", [[ObjectEvent("created", "local", "a.jpg")]])
+    (tmp_path / "f" / "a.jpg").write_bytes(scene_bytes(2))  # deleted, then written again ...
+    run_events(settings, tmp_path / "f", [[ObjectEvent("created", "local", "a.jpg")]])
+    run_events(
+        settings, tmp_path / "f", [[ObjectEvent("removed", "local", "a.jpg")]]
+    )  # ... delete arrives late
+    sessions = sessions_for(settings.database_url)
+    (old, new) = rows(sessions)
+    assert (old.status, new.status) == (REMOVED, INDEXED)
+    assert dict(served_ids(sessions, store_of(settings), settings.num_shards)) == {new.id: 1}
+
+
+def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from indexer.fetch import content_etag
+
+    data = scene_bytes(5)
+    write(tmp_path / "f", {"a.jpg": data})
+    sessions = sessions_for(settings.database_url)
+    with sessions.begin() as s:  # what a killed indexer leaves: a PENDING row, no published vector
+        (reserved,) = reserve(s, [NewImage("local", "a.jpg", content_etag(data), len(data))])
+    assert reserved.status == PENDING
+    run_events(settings, tmp_path / "f", [[ObjectEvent("created", "local", "a.jpg")]])
+    assert [(r.id, r.status) for r in rows(sessions)] == [(reserved.image_id, INDEXED)]
+    assert dict(served_ids(sessions, store_of(settings), settings.num_shards)) == {reserved.image_id: 1}
+
+
+def test_an_indexer_that_loses_the_race_for_a_row_drops_its_copy_instead_of_serving_it_twice(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from indexer.fetch import Fetched
+
+    sessions = sessions_for(settings.database_url)
+    store = store_of(settings)
+
+    def item() -> Item:
+        ev = ObjectEvent("created", "photos", "x.jpg", "e1")
+        it = Item(Delivery([ev]), ev, fetched=Fetched("e1", 10, "image/jpeg", ev.time or _now()))
+        it.vector, it.width, it.height = np.eye(1, 32, dtype=np.float32)[0], 1, 1
+        return it
+
+    first, second = (Committer(sessions, store, HashPartitioner(2), BuildConfig(), "v") for _ in range(2))
+    mine, theirs = item(), item()
+    reserved = second.reserve([theirs])  # two indexers got the message and reserved the same row
+    assert [it.image_id for it in reserved] == [theirs.image_id]
+    first.commit([mine])  # the first publishes it ...
+    assert mine.image_id == theirs.image_id
+    second.publish(reserved, [])  # ... the second finds it no longer PENDING and drops its copy
+    assert (mine.outcome, theirs.outcome) == ("indexed", "duplicate")
+    assert dict(served_ids(sessions, store, 2)) == {mine.image_id: 1}
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
