@@ -205,7 +205,7 @@ def _images_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
     return {str(status): int(n) for status, n in rows}
 
 
-def embedded_settings(settings: Settings, folder: Path) -> dict[str, object]:
+def embedded_settings(folder: Path) -> dict[str, object]:
     """Overrides that put an embedded deployment's state under ``folder`` (demo, tests)."""
     folder.mkdir(parents=True, exist_ok=True)
     return {
