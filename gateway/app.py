@@ -142,6 +142,7 @@ async def start_gateway(
         port=settings.gateway_port if port is None else port,
     )
     try:
+        await asyncio.to_thread(locator.warm)
         await encoder.start()
         for follower in followers:
             follower.start()

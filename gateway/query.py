@@ -218,7 +218,7 @@ class SearchEngine:
                 self.router.search(
                     token.vector[None, :],
                     SearchParams(k=k, nprobe=self.limits.nprobe, ef_search=self.limits.ef_search),
-                    deadline_s=max(deadline - asyncio.get_running_loop().time(), 0.001),
+                    deadline_s=self._router_budget(deadline),
                     model_version=token.model_version,
                 ),
                 deadline,
@@ -266,6 +266,12 @@ class SearchEngine:
                 self.limits.token_secret,
             )
         return Page(hits, next_token, partial, timings, token.model_version)
+
+    def _router_budget(self, deadline: float) -> float:
+        """The router's own deadline (a silent shard is left out after it, flagged partial), kept a
+        little inside the request's so a slow shard yields a partial answer, not a timeout."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        return max(min(self.router.deadline_s, remaining - 0.05), 0.001)
 
     @staticmethod
     def _visible(image: ImageRecord, token: PageToken, filters: Filters) -> bool:
