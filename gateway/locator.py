@@ -1,6 +1,7 @@
 """Where an indexed image lives: its URL for callers, and its bytes ("more like this").
 
-Images in S3 get presigned HTTPS URLs (signing is local: no request is made) or ``s3://`` URLs;
+Images in S3 get presigned URLs (signed locally by :mod:`gateway.presign`: no request is made) or
+``s3://`` URLs;
 images indexed from a local folder (embedded mode) get ``file://`` URLs under ``images_root``.
 """
 
@@ -11,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gateway.presign import Presigner
 from mediasearch.errors import NotFound, Unavailable
 from mediasearch.metadata.images_repo import ImageRecord
 
@@ -34,12 +36,21 @@ class ImageLocator:
         self.presign = presign
         self.expiry_s = expiry_s
         self._s3: Any = None
-        self._warned = False
+        self._presigner: Presigner | None = None
+        self._resolved = False
 
     def warm(self) -> None:
-        """Create the S3 client now (about half a second) rather than in the first request."""
+        """Resolve credentials now (up to a second) rather than in the first request."""
         if self.presign:
-            self._client()
+            self._get_presigner()
+
+    def _get_presigner(self) -> Presigner | None:
+        if not self._resolved:
+            self._resolved = True
+            self._presigner = Presigner.from_environment(self.s3_endpoint_url)
+            if self._presigner is None:
+                log.warning("no AWS credentials: returning s3:// URLs instead of presigned ones")
+        return self._presigner
 
     def _local_path(self, image: ImageRecord) -> Path | None:
         key = Path(image.key)
@@ -63,20 +74,9 @@ class ImageLocator:
         if image.bucket == LOCAL_BUCKET:
             return ""
         if self.presign:
-            from botocore.exceptions import BotoCoreError
-
-            try:
-                return str(
-                    self._client().generate_presigned_url(
-                        "get_object",
-                        Params={"Bucket": image.bucket, "Key": image.key},
-                        ExpiresIn=self.expiry_s,
-                    )
-                )
-            except BotoCoreError as exc:  # no credentials here: the s3:// URL is still useful
-                if not self._warned:
-                    log.warning("cannot presign S3 URLs (%s); returning s3:// URLs", exc)
-                    self._warned = True
+            presigner = self._get_presigner()
+            if presigner is not None:
+                return presigner.url(image.bucket, image.key, self.expiry_s)
         return f"s3://{image.bucket}/{image.key}"
 
     async def read(self, image: ImageRecord) -> bytes:
