@@ -46,6 +46,7 @@ def limits_from(settings: Settings) -> QueryLimits:
         max_top_k=settings.gateway_max_top_k,
         max_query_chars=settings.gateway_max_query_chars,
         deadline_s=settings.gateway_deadline_s,
+        max_active=settings.gateway_max_active,
         max_inflight=settings.gateway_max_inflight,
         max_candidates=settings.gateway_max_candidates,
         oversample=settings.gateway_oversample,
@@ -133,6 +134,7 @@ async def start_gateway(
         expiry_s=settings.gateway_url_expiry_s,
     )
     search = SearchEngine(encoder, router, sessions, locator, limits_from(settings), metrics.observe_stage)
+    metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
     gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers)  # type: ignore[arg-type]
     gateway.server = SearchServer(
         search,

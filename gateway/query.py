@@ -23,11 +23,12 @@ from typing import TypeVar
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.admission import Admission
 from gateway.filters import Filters
 from gateway.locator import ImageLocator
 from gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.encoders.base import Encoder
-from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Overloaded
+from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound
 from mediasearch.index.router import Router
 from mediasearch.index.shard import SearchParams
 from mediasearch.metadata.images_repo import ImageRecord, get_images
@@ -43,6 +44,7 @@ class QueryLimits:
     default_top_k: int = 10
     max_query_chars: int = 1000
     deadline_s: float = 5.0
+    max_active: int = 16
     max_inflight: int = 256
     max_candidates: int = 10_000
     oversample: float = 4.0
@@ -108,7 +110,7 @@ class SearchEngine:
         self.locator = locator
         self.limits = limits or QueryLimits()
         self.observe_stage = observe_stage or (lambda _stage, _s: None)
-        self.inflight = 0
+        self.admission = Admission(self.limits.max_active, self.limits.max_inflight)
 
     # -- public calls ------------------------------------------------------------------------
     async def search_text(self, text: str, page: PageRequest, deadline_s: float | None = None) -> Page:
@@ -168,13 +170,10 @@ class SearchEngine:
         top_k = page.top_k or self.limits.default_top_k
         if not 0 < top_k <= self.limits.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {self.limits.max_top_k}; got {page.top_k}")
-        if self.inflight >= self.limits.max_inflight:
-            raise Overloaded(f"{self.inflight} searches in progress; try again shortly")
-        self.inflight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            budget = min(deadline_s or self.limits.deadline_s, self.limits.deadline_s)
-            deadline = loop.time() + budget
+        loop = asyncio.get_running_loop()
+        budget = min(deadline_s or self.limits.deadline_s, self.limits.deadline_s)
+        deadline = loop.time() + budget
+        async with self.admission.slot(deadline):
             started = time.perf_counter()
             timings = Timings()
             model = self.encoder.model_version
@@ -192,8 +191,6 @@ class SearchEngine:
                 if stage != "encode" or not page.page_token:
                     self.observe_stage(stage, getattr(timings, stage))
             return result
-        finally:
-            self.inflight -= 1
 
     async def _page(
         self,

@@ -61,12 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from rich.console import Console
 
     from export import export_model
     from mediasearch.errors import ConfigError, NotFound
-
-    import logging
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
