@@ -107,7 +107,10 @@ async def start_gateway(
     settings: Settings, *, port: int | None = None, metrics_port: int | None = None
 ) -> Gateway:
     """Build and start the gateway described by ``settings`` (ports may be overridden; 0 = free)."""
-    engine = make_engine(settings.database_url)
+    # No pre-ping on the query path: it costs a database round trip per request; a connection the
+    # server dropped fails one request (UNAVAILABLE) and is replaced.
+    is_pg = settings.database_url.startswith(("postgres", "postgresql"))
+    engine = make_engine(settings.database_url, **({"pool_pre_ping": False} if is_pg else {}))
     migrate(engine)
     sessions = session_factory(engine)
     encoder = create_encoder(settings)

@@ -28,7 +28,7 @@ from gateway.filters import Filters
 from gateway.locator import ImageLocator
 from gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.encoders.base import Encoder
-from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound
+from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Unavailable
 from mediasearch.index.router import Router
 from mediasearch.index.shard import SearchParams
 from mediasearch.metadata.images_repo import ImageRecord, get_images
@@ -209,17 +209,26 @@ class SearchEngine:
         partial = more = False
         while True:
             timings.rounds += 1
-            found = await self._timed(
-                timings,
-                "search",
-                self.router.search(
-                    token.vector[None, :],
-                    SearchParams(k=k, nprobe=self.limits.nprobe, ef_search=self.limits.ef_search),
-                    deadline_s=self._router_budget(deadline),
-                    model_version=token.model_version,
-                ),
-                deadline,
-            )
+            try:
+                found = await self._timed(
+                    timings,
+                    "search",
+                    self.router.search(
+                        token.vector[None, :],
+                        SearchParams(k=k, nprobe=self.limits.nprobe, ef_search=self.limits.ef_search),
+                        deadline_s=self._router_budget(deadline),
+                        model_version=token.model_version,
+                    ),
+                    deadline,
+                )
+            except Unavailable as exc:
+                if self._router_budget(deadline) < self.router.deadline_s:
+                    # the shards were given only what was left of the request's time: its deadline,
+                    # not the shards, is why none answered
+                    raise DeadlineExceeded(
+                        f"the search ran out of time waiting for the shards ({exc})"
+                    ) from exc
+                raise
             partial = partial or found.partial
             scores, ids = found.scores[0], found.ids[0]
             valid = ids >= 0
