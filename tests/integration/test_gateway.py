@@ -347,3 +347,64 @@ def test_partial_when_one_shard_server_is_down_unavailable_when_all_are_and_full
             pass
         assert time.monotonic() < deadline, "never full again after the restart"
         time.sleep(0.2)
+
+
+def test_health_and_reflection_are_served(stack: Stack) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(stack.client.address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for service in ("", "mediasearch.v1.SearchService"):
+            status = check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"mediasearch.v1.SearchService", "grpc.health.v1.Health"} <= services
+
+
+def test_query_command_prints_a_ranked_table_and_writes_a_contact_sheet(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from mediasearch.cli import main
+
+    sheet = stack.tmp / "sheet.png"
+    argv = [
+        "query",
+        "two red circles",
+        "--address",
+        stack.client.address,
+        "--top-k",
+        "4",
+        "--sheet",
+        str(sheet),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "“two red circles”" in out and "contact sheet:" in out
+    expected = stack.client.search_text("two red circles", top_k=4).results
+    for r in expected:
+        assert str(r.id) in out
+    with Image.open(sheet) as img:
+        assert img.width >= 4 * 150  # four tiles side by side
+    assert main(["query", "--address", stack.client.address]) == 2  # neither text, --image nor --like
+
+
+def test_log_lines_are_json_with_the_request_id(stack: Stack) -> None:
+    with pytest.raises(InvalidInput):
+        stack.client.search_text("")
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            json.loads(ln)
+            for ln in (stack.tmp / "gateway.log").read_text().splitlines()
+            if ln.startswith("{")
+        ]
+        refused = [ln for ln in lines if "SearchText -> INVALID_ARGUMENT" in ln["msg"]]
+        if refused:
+            break
+        assert time.monotonic() < deadline, "no log line for the refused request"
+        time.sleep(0.1)
+    assert len(refused[-1]["request_id"]) == 16 and refused[-1]["level"] == "INFO"
