@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up serve export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ triton: $(STAMP)  ## serve OUT's models with a local tritonserver (CPU flavour, 
 
 bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder under load (ViT-B/32 shapes)
 	$(BIN)/python -m bench.encoders $(ARGS)
+
+bench-ingest: $(STAMP) proto  ## 2,000 images: S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
+	$(BIN)/python -m bench.ingest $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

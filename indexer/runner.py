@@ -110,11 +110,18 @@ class Pipeline:
     async def _receive_loop(
         self, q_fetch: asyncio.Queue[Any], stop: asyncio.Event, idle_exit_s: float | None
     ) -> None:
-        last_activity = time.monotonic()
+        last_activity, backoff = time.monotonic(), 1.0
         try:
             while not stop.is_set():
                 room = max(1, min(10, q_fetch.maxsize - q_fetch.qsize()))
-                deliveries = await self._blocking(self._io, self.source.receive, room)
+                try:
+                    deliveries = await self._blocking(self._io, self.source.receive, room)
+                except MediaSearchError as exc:  # the queue is unreachable: keep trying, slowly
+                    log.warning("indexer: receiving failed, retrying in %.0fs: %s", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 1.0
                 if deliveries is None:
                     break
                 if deliveries or self._in_flight:
@@ -134,9 +141,10 @@ class Pipeline:
                 await q_fetch.put(_END)
 
     async def _heartbeat_loop(self, done: asyncio.Event) -> None:
+        interval = min(self.options.heartbeat_s, self.source.heartbeat_s or self.options.heartbeat_s)
         while not done.is_set():
             try:
-                await asyncio.wait_for(done.wait(), self.options.heartbeat_s)
+                await asyncio.wait_for(done.wait(), interval)
             except TimeoutError:
                 try:
                     await self._blocking(self._io, self.source.heartbeat)
@@ -282,7 +290,7 @@ class Pipeline:
     async def _commit(self, items: list[Item]) -> None:
         try:
             await self._blocking(self._commit_pool, self.committer.commit, items)
-        except MediaSearchError:
+        except (MediaSearchError, OSError):  # database, store or disk: the events come back later
             log.exception("indexer: committing %d events failed; they will be retried", len(items))
             for it in items:
                 if it.outcome not in ("duplicate", "gone", "stale"):

@@ -40,6 +40,8 @@ class Source(abc.ABC):
 
     #: How many deliveries are expected in all (a progress bar's total), when known.
     total: int | None = None
+    #: How often :meth:`heartbeat` must be called while deliveries are in flight (None: any).
+    heartbeat_s: float | None = None
 
     @abc.abstractmethod
     def receive(self, max_deliveries: int) -> list[Delivery] | None:

@@ -82,6 +82,7 @@ class SqsSource(Source):
         self.max_receives = max_receives
         self.dlq_url = dlq_url
         self.retry_delay_s = retry_delay_s
+        self.heartbeat_s = visibility_timeout_s / 4
         self.poisoned = 0
         self._lock = threading.Lock()
         self._in_flight: dict[str, tuple[Delivery, float]] = {}  # receipt handle -> (delivery, extended at)

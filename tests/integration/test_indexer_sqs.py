@@ -58,6 +58,12 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+def event_body(bucket: str, encoded_key: str, etag: str | None) -> str:
+    obj = {"key": encoded_key} | ({"eTag": etag} if etag else {})
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": obj}}
+    return json.dumps({"Records": [record]})
+
+
 def work(settings: Settings) -> None:
     report = asyncio.run(arun_worker(settings, idle_exit_s=1.5))
     assert report.retried == 0
@@ -73,10 +79,8 @@ def test_s3_events_index_new_objects_replace_overwritten_ones_remove_deleted_one
     corpus = bad_inputs()
     for name, (data, _) in corpus.items():
         bucket.put(f"bad/{name}", data)
-    dup = {"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-01-01T00:00:00Z",
-                        "s3": {"bucket": {"name": bucket.name},
-                               "object": {"key": "holiday+photos/day+3%2B3.jpg", "eTag": etags["holiday photos/day 3+3.jpg"]}}}]}  # fmt: skip
-    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=json.dumps(dup))  # a duplicate delivery
+    dup = event_body(bucket.name, "holiday+photos/day+3%2B3.jpg", etags["holiday photos/day 3+3.jpg"])
+    bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=dup)  # a duplicate delivery
     bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody="this is not an S3 event")
     work(settings)
 
@@ -119,11 +123,12 @@ def test_s3_events_index_new_objects_replace_overwritten_ones_remove_deleted_one
 def test_a_message_received_more_than_max_receives_times_is_moved_to_the_dead_letter_queue(
     bucket: Bucket, tmp_path: Path
 ) -> None:
-    body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put",
-                                    "s3": {"bucket": {"name": bucket.name}, "object": {"key": "a.jpg"}}}]})  # fmt: skip
+    body = event_body(bucket.name, "a.jpg", None)
     bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=body)
-    source = SqsSource(aws_client("sqs", bucket.endpoint), bucket.queue_url, wait_time_s=1,
-                       visibility_timeout_s=5, max_receives=2, dlq_url=bucket.dlq_url, retry_delay_s=0)  # fmt: skip
+    client = aws_client("sqs", bucket.endpoint)
+    source = SqsSource(
+        client, bucket.queue_url, wait_time_s=1, max_receives=2, dlq_url=bucket.dlq_url, retry_delay_s=0
+    )
     for _ in range(2):  # it kills the worker (or fails) each time: never acknowledged
         (delivery,) = source.receive(10)
         source.retry([delivery])

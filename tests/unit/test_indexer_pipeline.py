@@ -215,3 +215,24 @@ def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def test_index_command_reports_counts_and_failures_and_draws_progress_on_stderr(
+    tmp_path: Path, tiny_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mediasearch.cli import main
+
+    write(
+        tmp_path / "photos",
+        {"a.jpg": scene_bytes(1), "sub/b.png": scene_bytes(2, fmt="png"), "c.jpg": b"junk"},
+    )
+    db, store = f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "segments").as_uri()
+    args = ["index", str(tmp_path / "photos"), "--database-url", db, "--store-url", store,
+            "--model-repository", str(tiny_repository), "--bucket", "album"]  # fmt: skip
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("indexed 2, failed 1, removed 0, skipped 0")
+    assert "failed: album/c.jpg: not an image" in out
+    assert "indexing [####################] 3/3 100%" in err
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("indexed 0, failed 0, removed 0, skipped 3")
