@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mediasearch.errors import Unavailable
+from mediasearch.errors import MediaSearchError, Unavailable
 from mediasearch.triton import LocalTriton, TritonOptions
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,10 @@ class DevCluster:
                 self.write_info()
             if self.triton is not None and not self.triton.running():
                 log.warning("triton exited; restarting")
-                self.triton.start()
+                try:
+                    self.triton.start()
+                except MediaSearchError as exc:
+                    log.error("triton did not restart: %s (searches answer UNAVAILABLE)", exc)
 
     def request_stop(self) -> None:
         self._stopping.set()
