@@ -87,6 +87,7 @@ def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
         if stamp.is_file() and exists and json.loads(stamp.read_text()).get("version") == version:
             say(f"setup: cached {n} vectors in {work} and database {db}")
             admin.dispose()
+            _analyze(url)
             return url, x
         conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{db}"'))
@@ -121,7 +122,17 @@ def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
         say(f"setup: shard {s} {record.count} vectors {record.index_type} in {time.perf_counter() - t0:.0f}s")
     engine.dispose()
     stamp.write_text(json.dumps({"n": n, "version": version}))
+    _analyze(url)
     return url, x
+
+
+def _analyze(url: str) -> None:
+    """Planner statistics for the bulk-loaded rows (autovacuum would get there, later): without them
+    the id lookup may scan the status index instead of the primary key."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE images")
 
 
 def hnsw_index(x: np.ndarray, work: Path) -> Any:

@@ -48,7 +48,8 @@ class Admission:
                 f"overloaded: a search would wait ~{wait * 1e3:.0f} ms and take "
                 f"~{self.service_s * 1e3:.0f} ms, but its deadline is in {remaining * 1e3:.0f} ms"
             )
-        if not self._slots.locked():
+        waited = self._slots.locked()
+        if not waited:
             await self._slots.acquire()  # free slot: taken at once, no task, no queue
         else:
             self.queued += 1
@@ -58,6 +59,16 @@ class Admission:
                 raise DeadlineExceeded("the deadline passed while the search waited for its turn") from exc
             finally:
                 self.queued -= 1
+        left = deadline - loop.time()
+        if waited and left < 0.8 * self.service_s:
+            # its turn came too late to finish: give the slot to a search that can, rather than
+            # spend encoder time on an answer nobody will read (only a search that had to queue:
+            # an idle gateway always tries)
+            self._slots.release()
+            raise DeadlineExceeded(
+                f"the search got its turn with {left * 1e3:.0f} ms left; "
+                f"it takes ~{self.service_s * 1e3:.0f} ms"
+            )
         self.active += 1
         started = time.perf_counter()
         try:

@@ -14,6 +14,7 @@ it asked for, draws again 4x more, up to ``gateway_max_candidates``. Candidates 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -143,7 +144,8 @@ class SearchEngine:
         async def encode_bytes() -> np.ndarray:
             return await self._encode_image(data)
 
-        return await self._search(("image", data), encode_bytes, page, deadline_s)
+        digest = hashlib.sha256(data).digest()  # the token's fingerprint, without repr'ing megabytes
+        return await self._search(("image", digest), encode_bytes, page, deadline_s)
 
     async def get_image_record(self, image_id: int) -> ImageRecord:
         records = await self._lookup([image_id])

@@ -68,3 +68,32 @@ def test_service_time_estimate_follows_observed_searches(service: float) -> None
         return admission.service_s
 
     assert asyncio.run(go()) == pytest.approx(service, rel=0.35)
+
+
+def test_under_load_a_search_whose_turn_comes_too_late_is_dropped_without_running() -> None:
+    async def go() -> tuple[list[str], int]:
+        admission = Admission(max_active=1, initial_service_s=0.01)
+        ran = 0
+        log: list[str] = []
+
+        async def one(seconds: float, deadline_in: float) -> None:
+            nonlocal ran
+            loop = asyncio.get_running_loop()
+            try:
+                async with admission.slot(loop.time() + deadline_in):
+                    ran += 1
+                    await asyncio.sleep(seconds)
+                log.append("ok")
+            except DeadlineExceeded:
+                log.append("late")
+
+        # the first holds the slot 0.2 s; the estimate (0.01 s) lets the others queue, but by their
+        # turn their deadlines (0.21 s) leave less than the (now 0.2 s) service time
+        first = asyncio.create_task(one(0.2, 5.0))
+        await asyncio.sleep(0)
+        await asyncio.gather(one(0.2, 0.21), one(0.2, 0.21), one(0.2, 0.21))
+        await first
+        return log, ran
+
+    log, ran = asyncio.run(go())
+    assert log.count("ok") == 1 and ran == 1 and log.count("late") == 3
