@@ -17,8 +17,9 @@ encoder. Measured in the same run:
     metadata query per result row.
 Then the overload check: 64 closed-loop callers with a 1 s deadline for ``--overload-s``: every
 call is answered or refused with DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, answered latency stays
-bounded, and the gateway is still alive afterwards (a refused caller backs off 20 ms before its
-next call, as a gRPC client with a retry policy would, instead of spinning).
+bounded, and the gateway is still alive afterwards (a caller refused with RESOURCE_EXHAUSTED backs
+off 50 ms, doubling to 1 s, jittered, as a gRPC client with a retry policy would, instead of
+retrying at once: an instant-retry storm measures the load generator, not the service).
 
 Segments, the hnswlib graph and the database rows are cached under build/bench/query/ (keyed by
 --n), so a second run starts in seconds. The last line is the summary.
@@ -54,6 +55,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SHARDS = 2
 K = 10
 T0 = "2026-01-01T00:00:00Z"
+BACKOFF_S = 0.05  # first back-off of a refused caller; doubles to 1 s, jittered, reset by an answer
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -183,7 +185,9 @@ async def closed_loop(
     stop_at = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
-    async def caller() -> None:
+    async def caller(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        backoff = BACKOFF_S
         while time.perf_counter() < stop_at:
             q = queries[next(counter) % len(queries)]
             t0 = time.perf_counter()
@@ -191,14 +195,16 @@ async def closed_loop(
                 await call(q)
             except grpc.aio.AioRpcError as exc:
                 outcomes[exc.code().name] += 1
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    await asyncio.sleep(0.02)  # a refused caller backs off briefly, as gRPC clients should
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # back off as gRPC retry policies do
+                    await asyncio.sleep(backoff * rng.uniform(0.5, 1.5))
+                    backoff = min(backoff * 2, 1.0)
                 continue
+            backoff = BACKOFF_S
             latencies.append((time.perf_counter() - t0) * 1e3)
             outcomes["OK"] += 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
     return latencies, len(latencies) / (time.perf_counter() - t0), outcomes
 
 

@@ -120,7 +120,9 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
             except errors.MediaSearchError as exc:
                 code, message = status_for(exc), str(exc)
-                log.info("%s -> %s: %s", method, code.name, message)
+                # refusals under overload are many and expected: debug, so logging does not add to it
+                level = logging.DEBUG if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO
+                log.log(level, "%s -> %s: %s", method, code.name, message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the caller went away or its deadline passed
                 raise
