@@ -3,12 +3,14 @@ a search that would not get its turn before its deadline is refused at once (RES
 
 Without it, an overload collapses: every queued search reaches the encoder, waits past its
 deadline, and the encoder spends its time on answers nobody will read (goodput falls to almost
-nothing). Here the encoder works on at most ``max_active`` searches (enough to fill its batches;
-16 saturates the CPU text tower), and callers beyond what it can serve in time get a quick,
-cheap refusal they can retry or shed, while the admitted ones keep their normal latency.
+nothing). Here the encoder works on at most ``max_active`` searches (enough to fill its batches:
+8 saturates the CPU text tower and keeps their latency well inside a 1 s deadline), and callers
+beyond what it can serve in time get a quick, cheap refusal they can retry or shed, while the
+admitted ones keep their normal latency.
 
 The wait is predicted from the queue ahead and the mean time a search holds its slot (an
-exponentially weighted average of recent searches).
+exponentially weighted average of recent searches); a queued search is admitted only if that
+prediction fits in 3/4 of its remaining time (the margin covers the latency tail).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from collections.abc import AsyncIterator
 
 from mediasearch.errors import DeadlineExceeded, Overloaded
 
+MARGIN = 0.75  # a queued search is admitted when its predicted time fits in 3/4 of what it has left
+
 
 class Admission:
-    def __init__(self, max_active: int = 16, max_queued: int = 256, initial_service_s: float = 0.05) -> None:
+    def __init__(self, max_active: int = 8, max_queued: int = 256, initial_service_s: float = 0.05) -> None:
         self.max_active = max_active
         self.max_queued = max_queued
         self.service_s = initial_service_s  # EWMA of how long a search holds its slot
@@ -43,7 +47,8 @@ class Admission:
         if self.queued >= self.max_queued:
             raise Overloaded(f"{self.queued} searches are queued; try again shortly")
         wait = self.predicted_wait_s()
-        if wait > 0 and wait + self.service_s > remaining:  # too short even when idle: a deadline matter
+        # (no queue: always admitted; a deadline too short even when idle is a deadline matter)
+        if wait > 0 and wait + self.service_s > MARGIN * remaining:
             raise Overloaded(
                 f"overloaded: a search would wait ~{wait * 1e3:.0f} ms and take "
                 f"~{self.service_s * 1e3:.0f} ms, but its deadline is in {remaining * 1e3:.0f} ms"

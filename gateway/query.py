@@ -45,7 +45,7 @@ class QueryLimits:
     default_top_k: int = 10
     max_query_chars: int = 1000
     deadline_s: float = 5.0
-    max_active: int = 16
+    max_active: int = 8
     max_inflight: int = 256
     max_candidates: int = 10_000
     oversample: float = 4.0
