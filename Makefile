@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-ingest
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -43,8 +43,14 @@ test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)
 test-fast: $(STAMP) proto  ## the suite without the slow (ViT-B/32-sized) tests
 	$(BIN)/pytest -m "not slow"
 
-demo: $(STAMP)  ## export the offline model and show text x image similarities (no servers needed)
-	$(BIN)/mediasearch demo
+demo: $(STAMP) proto  ## export the micro model, index sample scenes, serve them, run example queries (ARGS=--serve keeps serving)
+	$(BIN)/mediasearch demo $(ARGS)
+
+$(OUT)/$(NAME).manifest.json: | $(STAMP)
+	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
+
+up: $(STAMP) proto $(OUT)/$(NAME).manifest.json  ## the whole cluster on loopback (moto S3+SQS, Triton, 2 shards, indexer, gateway) until Ctrl-C
+	$(BIN)/mediasearch up --repository $(OUT) $(ARGS)
 
 export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
@@ -57,6 +63,9 @@ eval-micro: $(STAMP)  ## precision@10 of the exported micro CLIP (ONNX, serving 
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
 	$(BIN)/python -m bench.encode_local
+
+bench-query: $(STAMP) proto  ## query path: 200k vectors, ViT-B/32 text tower on Triton; overhead, efficiency, vs baseline 3
+	$(BIN)/python -m bench.query $(ARGS)
 
 bench-index: $(STAMP) proto  ## vector index: 1M x 512, 4 shard servers over gRPC vs numpy, hnswlib, pgvector
 	$(BIN)/python -m bench.index $(ARGS)

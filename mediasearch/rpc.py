@@ -1,19 +1,26 @@
 """Project errors <-> gRPC status codes, in one place for every server and client.
 
-Servers install :class:`ErrorInterceptor`: a handler raises project errors and the interceptor
+Servers install :class:`ErrorInterceptor` (sync servers) or :class:`AsyncErrorInterceptor`
+(grpc.aio servers, e.g. the search gateway): a handler raises project errors and the interceptor
 answers with the matching status; anything else is logged with context and answered INTERNAL
-without leaking internals. Clients call :func:`from_rpc_error` where a grpc error enters.
+without leaking internals. Both use the one table below. The async one also gives every request an
+id (the caller's ``x-request-id`` metadata, or a new one), logs with it, returns it as trailing
+metadata and reports each call's status and duration to an observer (metrics).
+Clients call :func:`from_rpc_error` where a grpc error enters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from mediasearch import errors
+from mediasearch.requestlog import new_request_id, request_id
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,61 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except Exception:
                 log.exception("unhandled error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+REQUEST_ID_KEY = "x-request-id"
+Observer = Callable[[str, grpc.StatusCode, float], None]
+
+
+class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The same mapping for unary handlers of a grpc.aio server, with request ids and an observer.
+
+    ``observe(method, status, seconds)`` is called once per call (``method`` is the short name,
+    e.g. ``SearchText``). INTERNAL answers carry the request id so an operator can find the log.
+    """
+
+    def __init__(self, observe: Observer | None = None) -> None:
+        self.observe = observe
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        incoming = dict(handler_call_details.invocation_metadata or ())
+        observe = self.observe
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            rid = str(incoming.get(REQUEST_ID_KEY) or new_request_id())[:64]
+            token = request_id.set(rid)
+            started = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+                return await inner(request, context)
+            except errors.MediaSearchError as exc:
+                code, message = status_for(exc), str(exc)
+                # refusals under overload are many and expected: debug, so logging does not add to it
+                level = logging.DEBUG if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO
+                log.log(level, "%s -> %s: %s", method, code.name, message)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the caller went away or its deadline passed
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {rid})"
+            finally:
+                if observe is not None:
+                    observe(method, code, time.perf_counter() - started)
+                request_id.reset(token)
+            await context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

@@ -77,6 +77,44 @@ class Settings(BaseSettings):
     )
 
     # -- gateway (issue 7) --------------------------------------------------------------------
+    gateway_host: str = Field(default="127.0.0.1", description="Address the search gateway binds.")
+    gateway_port: int = Field(default=50051, ge=0, le=65535, description="Search gateway gRPC port.")
+    gateway_metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="Prometheus /metrics HTTP port of the gateway (0: off)."
+    )
+    gateway_max_top_k: int = Field(default=100, gt=0, le=1000, description="Largest top_k a caller may ask.")
+    gateway_max_query_chars: int = Field(default=1000, gt=0, description="Longer query texts are refused.")
+    gateway_deadline_s: float = Field(
+        default=5.0, gt=0, description="Server-side deadline of one search (the caller's, if shorter, wins)."
+    )
+    gateway_max_active: int = Field(
+        default=8, gt=0, description="Searches running at once (enough to fill the encoder's batches)."
+    )
+    gateway_max_inflight: int = Field(
+        default=256, gt=0, description="Searches waiting for a turn; more are refused (RESOURCE_EXHAUSTED)."
+    )
+    gateway_max_candidates: int = Field(
+        default=10_000,
+        gt=0,
+        le=10_000,
+        description="Most candidates one search may draw from the shards while filtering and paging.",
+    )
+    gateway_oversample: float = Field(
+        default=4.0, ge=1.0, description="With filters, first draw this many candidates per wanted result."
+    )
+    gateway_token_secret: str = Field(
+        default="mediasearch-page-token",
+        description="HMAC key signing page tokens; every gateway replica must share it.",
+    )
+    gateway_presign_urls: bool = Field(
+        default=True, description="Return presigned HTTPS URLs for S3 images (else s3:// URLs)."
+    )
+    gateway_url_expiry_s: int = Field(default=3600, gt=0, description="Lifetime of presigned URLs.")
+    gateway_log_json: bool = Field(default=False, description="Log one JSON object per line.")
+    images_root: Path | None = Field(
+        default=None,
+        description="Embedded mode: the local folder images were indexed from (their file:// URLs).",
+    )
 
     # -- vector index (segments, shards, router, compactor) ---------------------------------
     database_url: str = Field(

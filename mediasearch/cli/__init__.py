@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
 
-_COMMANDS = ("export", "scenes", "triton", "shard-server", "compact", "demo", "index", "backfill", "indexer")
+_COMMANDS = (
+    "export", "scenes", "triton", "shard-server", "compact", "index", "backfill", "indexer",
+    "serve", "query", "up", "demo",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,58 +1,44 @@
-"""``mediasearch demo``: the furthest end-to-end path that runs on one machine with no servers.
+"""``mediasearch demo`` (``make demo``): the whole product in one process, from a clean clone.
 
-Today: export the offline micro CLIP, draw a small gallery of labelled scenes, encode sentences and
-images through the exported ONNX graphs (the embedded :class:`LocalEncoder`, the same preprocessing
-every service uses) and print the text x image similarity table with the best match per sentence.
+1. export the offline micro CLIP into the model repository (parity-checked ONNX);
+2. draw a gallery of labelled sample scenes;
+3. index the folder with a progress bar (the indexer's folder pipeline, embedded: SQLite + a local
+   segment folder);
+4. start the embedded search gateway (the real gRPC server, in-process shards, local encoder);
+5. run example queries through the gRPC client, print ranked tables (a check mark where the scene
+   shows what the query asks) and write one contact sheet per query;
+6. stop cleanly, or keep serving with ``--serve`` until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import shutil
+import threading
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "export" / "micro" / "model"
-
-# (sentence, the scene drawn for it): each sentence has exactly one matching scene in the gallery.
-SCENES: tuple[tuple[str, dict[str, object]], ...] = (
-    (
-        "a red circle",
-        dict(colour="red", shape="circle", count=1, size="large", background="white", position="middle"),
-    ),
-    (
-        "two blue squares",
-        dict(colour="blue", shape="square", count=2, size="small", background="beige", position=None),
-    ),
-    (
-        "three yellow stars",
-        dict(colour="yellow", shape="star", count=3, size="small", background="black", position=None),
-    ),
-    (
-        "a green triangle",
-        dict(colour="green", shape="triangle", count=1, size="large", background="gray", position="left"),
-    ),
-    (
-        "two orange circles",
-        dict(colour="orange", shape="circle", count=2, size="large", background="black", position=None),
-    ),
-    (
-        "a purple square",
-        dict(colour="purple", shape="square", count=1, size="large", background="white", position="right"),
-    ),
+QUERIES = (
+    "two red circles",
+    "a small blue square on a black background",
+    "three yellow stars",
+    "a large green triangle",
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="export the offline model and show it matching sentences to pictures (no servers)",
+        help="export the offline model, index sample scenes, serve them and run example queries",
         description=(
-            "Export the offline micro CLIP (or --model) into the model repository, draw a gallery of "
-            "labelled scenes, and print how similar each sentence is to each picture, through the "
-            "exported ONNX graphs and the shared preprocessing."
+            "From nothing to ranked results in one process: export the offline micro CLIP (or --model), "
+            "draw --count labelled scenes, index them (progress bar), start the embedded search gateway, "
+            "send example queries through the gRPC client, print the ranked results and write contact "
+            "sheets; then stop, or keep serving with --serve."
         ),
     )
     p.add_argument(
@@ -62,19 +48,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random CLIP while that is absent)",
     )
     p.add_argument("--repository", default="model_repository", help="model repository (default: %(default)s)")
-    p.add_argument("--out", default="demo-output", help="where the gallery is written (default: %(default)s)")
+    p.add_argument(
+        "--out", default="demo-output", help="gallery, index and sheets go here (default: %(default)s)"
+    )
+    p.add_argument("--count", type=int, default=300, help="scenes in the gallery (default: %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="seed of the drawn scenes (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="results per example query (default: %(default)s)")
+    p.add_argument("--query", action="append", help="run this query instead of the examples (repeatable)")
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument("--serve", action="store_true", help="keep serving after the examples, until Ctrl-C")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from rich.console import Console
 
     from export import export_model
-    from mediasearch.errors import NotFound
+    from mediasearch.errors import ConfigError, NotFound
 
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
     console = Console()
-    model = args.model or _default_model(Path(args.out))
+    if args.count < 1:
+        raise ConfigError("--count must be at least 1")
+    out = Path(args.out)
+    model = args.model or _default_model(out)
     if not Path(model).is_dir():
         raise NotFound(f"no model at {model}; pass --model with a CLIP checkpoint folder")
     with console.status("exporting the model to ONNX (parity-checked against PyTorch)..."):
@@ -83,9 +83,26 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]model[/] {report.manifest.version} from {report.manifest.source} "
         f"(parity {report.parity.worst:.1e}, {report.seconds:.1f}s) -> {args.repository}/"
     )
-    images = _draw_gallery(Path(args.out) / "gallery", args.seed)
-    sims = asyncio.run(_similarities(Path(args.repository), [s for s, _ in SCENES], images))
-    _print_table(console, sims, images)
+    gallery = _draw_gallery(console, out / "gallery", args.count, args.seed)
+    settings = _settings(args, out, gallery)
+    _index(console, settings, gallery)
+    labels = _labels(gallery)
+    server = EmbeddedServer(settings, args.port)
+    server.start()
+    try:
+        console.print(f"[bold]search gateway[/] (embedded) listening on {server.address}")
+        _examples(console, server.address, args.query or list(QUERIES), args.top_k, labels, out / "sheets")
+        if args.serve:
+            console.print(
+                f'serving on {server.address}: mediasearch query --address {server.address} "two red circles"'
+                " · Ctrl-C stops"
+            )
+            server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        console.print("gateway stopped")
     return 0
 
 
@@ -99,47 +116,130 @@ def _default_model(out: Path) -> Path:
     return save_random_clip(out / "tiny-random-clip", "tiny", seed=0)
 
 
-def _draw_gallery(folder: Path, seed: int) -> list[Path]:
-    import json
+def _draw_gallery(console: Any, folder: Path, count: int, seed: int) -> Path:
+    from rich.progress import Progress
 
-    from mediasearch.scenes import SceneLabel, encode_scene, render_label, scene_rng
+    from mediasearch.scenes import write_gallery
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (sentence, label) in enumerate(SCENES):
-        path = folder / f"demo-{i}.png"
-        path.write_bytes(encode_scene(render_label(SceneLabel(**label), scene_rng(seed, i), 128), "png"))  # type: ignore[arg-type]
-        path.with_suffix(".json").write_text(
-            json.dumps({"image": path.name, "label": label, "caption": sentence})
-        )
-        paths.append(path)
-    return paths
+    if folder.exists():
+        shutil.rmtree(folder)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"drawing {count} scenes", total=count)
+        write_gallery(folder, count, seed, progress=lambda done, _n: progress.update(task, completed=done))
+    return folder
 
 
-async def _similarities(repository: Path, sentences: list[str], images: list[Path]) -> np.ndarray:
-    from mediasearch.encoders import LocalEncoder
+def _settings(args: argparse.Namespace, out: Path, gallery: Path) -> Any:
+    from gateway.app import embedded_settings
+    from mediasearch.settings import load_settings
 
-    async with LocalEncoder(repository) as encoder:
-        text = await encoder.encode_texts(sentences)
-        pictures = (await encoder.encode_images([p.read_bytes() for p in images])).raise_first()
-    return text @ pictures.T
+    state = out / "state"
+    if state.exists():
+        shutil.rmtree(state)  # a fresh index each run: the demo shows indexing too
+    return load_settings(
+        **embedded_settings(state),
+        model_repository=Path(args.repository),
+        images_root=gallery.resolve(),
+        gateway_metrics_port=0,
+    )
 
 
-def _print_table(console: object, sims: np.ndarray, images: list[Path]) -> None:
-    from rich.console import Console
+def _index(console: Any, settings: Any, gallery: Path) -> None:
+    from indexer.folder import index_folder
+    from indexer.progress import ProgressBar
+
+    bar = ProgressBar(f"indexing {gallery}")
+    report = index_folder(settings, gallery, progress=bar)
+    bar.close(report, None)
+    console.print(f"[bold]indexed[/] {report.summary()}")
+
+
+def _labels(gallery: Path) -> dict[str, Any]:
+    from mediasearch.scenes import SceneLabel
+
+    labels = {}
+    for sidecar in gallery.glob("*.json"):
+        data = json.loads(sidecar.read_text())
+        labels[data["image"]] = SceneLabel.from_dict(data["label"])
+    return labels
+
+
+def _examples(
+    console: Any, address: str, queries: list[str], top_k: int, labels: dict[str, Any], sheets: Path
+) -> None:
     from rich.table import Table
 
-    assert isinstance(console, Console)
-    table = Table(title="cosine similarity: sentence x picture (best per sentence in bold)")
-    table.add_column("sentence")
-    for i in range(len(images)):
-        table.add_column(f"#{i}", justify="right")
-    hits = 0
-    for row, (sentence, _) in enumerate(SCENES):
-        best = int(np.argmax(sims[row]))
-        hits += best == row
-        cells = [f"[bold green]{v:.2f}[/]" if j == best else f"{v:.2f}" for j, v in enumerate(sims[row])]
-        table.add_row(sentence, *cells)
-    console.print(table)
-    console.print(f"pictures #0..#{len(images) - 1}: {images[0].parent}/ (#i is drawn for sentence i)")
-    console.print(f"[bold]{hits}/{len(SCENES)}[/] sentences picked their own picture")
+    from mediasearch.cli.query import write_sheet
+    from mediasearch.client import SearchClient
+    from mediasearch.scenes import label_matches, parse_query
+
+    total = hits = 0
+    with SearchClient(address) as client:
+        client.wait_ready()
+        for text in queries:
+            response = client.search_text(text, top_k=top_k)
+            wanted = parse_query(text)
+            t = response.timings_ms
+            table = Table(
+                title=f"“{text}”",
+                caption=f"{t['total']:.1f} ms (encode {t['encode']:.1f}, search {t['search']:.1f}, "
+                f"metadata {t['metadata']:.1f})",
+            )
+            for column in ("#", "score", "id", "image", "shows", "match"):
+                table.add_column(column)
+            for rank, r in enumerate(response.results, 1):
+                label = labels.get(r.key)
+                ok = label is not None and label_matches(label, wanted)
+                total, hits = total + 1, hits + ok
+                shown = _describe(label) if label is not None else "?"
+                table.add_row(
+                    str(rank), f"{r.score:.3f}", str(r.id), r.key, shown, "[green]✓[/]" if ok else "·"
+                )
+            console.print(table)
+            sheet = write_sheet(list(response.results), sheets / f"{_slug(text)}.png", text)
+            console.print(f"contact sheet: {sheet}")
+    console.print(f"[bold]{hits}/{total}[/] results show what their query asks for")
+
+
+def _describe(label: Any) -> str:
+    shape = label.shape if label.count == 1 else f"{label.shape}s"
+    where = f", {label.position}" if label.position else ""
+    return f"{label.count} {label.size} {label.colour} {shape} on {label.background}{where}"
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:60]
+
+
+class EmbeddedServer:
+    """The embedded gateway on its own event loop in a background thread."""
+
+    def __init__(self, settings: Any, port: int) -> None:
+        self.settings, self.port = settings, port
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+        self._gateway: Any = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return str(self._gateway.address)
+
+    def start(self) -> None:
+        from gateway.app import start_gateway
+
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(start_gateway(self.settings, port=self.port), self.loop)
+        self._gateway = future.result(timeout=120)
+
+    def wait(self) -> None:
+        while not self._stopped.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        if self._gateway is not None:
+            asyncio.run_coroutine_threadsafe(self._gateway.stop(), self.loop).result(timeout=30)
+            self._gateway = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self._stopped.set()

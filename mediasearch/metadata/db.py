@@ -36,7 +36,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        kwargs.setdefault("pool_pre_ping", True)  # latency-critical readers may turn it off
+        return create_engine(url, **kwargs)
     raise ConfigError(f"database URL {url!r}: use sqlite:///<file> or postgresql://...")
 
 

@@ -1,27 +1,45 @@
-"""``mediasearch demo`` (what ``make demo`` runs) end to end on a tiny checkpoint."""
+"""``mediasearch demo`` (what ``make demo`` runs) end to end: export, gallery, indexing, the embedded
+gRPC gateway, example queries through the client, contact sheets, clean stop."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from mediasearch.cli import main
-from mediasearch.cli.demo import SCENES
+from mediasearch.cli.demo import QUERIES
 
 
-def test_demo_exports_draws_gallery_and_prints_similarity_table(
+def test_demo_indexes_a_gallery_serves_it_and_prints_ranked_results_for_every_example(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo = str(tmp_path / "repo")
-    code = main(["demo", "--model", str(tiny_checkpoint), "--repository", repo, "--out", str(tmp_path)])
+    argv = [
+        "demo",
+        "--model",
+        str(tiny_checkpoint),
+        "--repository",
+        repo,
+        "--out",
+        str(tmp_path),
+        "--count",
+        "24",
+    ]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert code == 0
     assert (tmp_path / "repo" / "clip.manifest.json").is_file()
-    assert len(list((tmp_path / "gallery").glob("demo-*.png"))) == len(SCENES)
-    for sentence, _ in SCENES:
-        assert sentence.split()[-1] in out  # every sentence has its row
-    assert f"/{len(SCENES)} sentences picked their own picture" in out
+    assert len(list((tmp_path / "gallery").glob("*.jpg"))) == 24
+    assert "indexed 24, failed 0" in out
+    port = int(out.split("listening on 127.0.0.1:")[1].split()[0])
+    for text in QUERIES:
+        assert f"“{text}”" in out
+    assert len(list((tmp_path / "sheets").glob("*.png"))) == len(QUERIES)
+    assert f"/{len(QUERIES) * 5} results show what their query asks for" in out
+    assert "gateway stopped" in out
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass  # nothing listens any more
 
 
 def test_demo_without_model_flag_falls_back_to_tiny_random_clip_when_micro_model_is_absent(
@@ -30,6 +48,17 @@ def test_demo_without_model_flag_falls_back_to_tiny_random_clip_when_micro_model
     import mediasearch.cli.demo as demo
 
     monkeypatch.setattr(demo, "DEFAULT_MODEL", tmp_path / "no-micro-model")
-    assert main(["demo", "--repository", str(tmp_path / "repo"), "--out", str(tmp_path)]) == 0
+    argv = [
+        "demo",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--out",
+        str(tmp_path),
+        "--count",
+        "6",
+        "--top-k",
+        "2",
+    ]
+    assert main(argv) == 0
     assert "using a seeded tiny random CLIP" in capsys.readouterr().out
     assert (tmp_path / "tiny-random-clip" / "config.json").is_file()

@@ -1,0 +1,65 @@
+"""Prometheus metrics of the search gateway, in a registry of its own (several gateways can live in
+one process, as in tests), served over HTTP by :meth:`GatewayMetrics.serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+STAGES = ("encode", "search", "merge", "metadata")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mediasearch_gateway_requests",
+            "gRPC requests by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mediasearch_gateway_request_seconds",
+            "Whole request latency by method",
+            ["method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "mediasearch_gateway_stage_seconds",
+            "Latency of one query-path stage (encode, search, merge, metadata) per request",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.partial = Counter(
+            "mediasearch_gateway_partial_responses",
+            "Responses flagged partial (a shard did not answer)",
+            registry=self.registry,
+        )
+        self.inflight = Gauge("mediasearch_gateway_inflight", "Searches in progress", registry=self.registry)
+        for stage in STAGES:
+            self.stage.labels(stage)
+        self._http: Any = None
+
+    def observe_call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.requests.labels(method, code.name).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a free port); returns the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

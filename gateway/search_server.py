@@ -1,0 +1,181 @@
+"""The search gateway's gRPC service (grpc.aio): SearchText, SearchImage, GetImage, Stats.
+
+grpc.aio rather than the shard server's thread pool: a search is mostly waiting (encoder, shard
+fan-out, database), and the encoder clients and the router are asyncio, so one event loop carries
+hundreds of concurrent searches; the only blocking call (SQLAlchemy) runs in a worker thread.
+The handlers only translate protobuf <-> :mod:`gateway.query`; errors are raised as project errors
+and mapped to status codes by :class:`mediasearch.rpc.AsyncErrorInterceptor`, which also tags each
+request with an id and feeds the metrics. Health (grpc.health.v1) and server reflection are on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.filters import Filters
+from gateway.metrics import GatewayMetrics
+from gateway.query import Hit, Page, PageRequest, SearchEngine
+from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
+from mediasearch.metadata.images_repo import ImageRecord
+from mediasearch.requestlog import request_id
+from mediasearch.rpc import AsyncErrorInterceptor
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "mediasearch.v1.SearchService"
+StatsProvider = Callable[[], Awaitable[Any]]
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, engine: SearchEngine, stats: StatsProvider, metrics: GatewayMetrics) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.metrics = metrics
+
+    async def SearchText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        page = await self.engine.search_text(request.text, _page_request(request), _deadline(context))
+        return self._response(page)
+
+    async def SearchImage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        which = request.WhichOneof("query")
+        page = await self.engine.search_image(
+            request.image if which == "image" else None,
+            request.image_id if which == "image_id" else None,
+            _page_request(request),
+            _deadline(context),
+        )
+        return self._response(page)
+
+    async def GetImage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = await self.engine.get_image_record(request.id)
+        return _result(Hit(record, 0.0, self.engine.locator.url(record)))
+
+    async def Stats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self.stats()
+
+    def _response(self, page: Page) -> Any:
+        if page.partial:
+            self.metrics.partial.inc()
+        t = page.timings
+        return search_pb2.SearchResponse(
+            results=[_result(h) for h in page.hits],
+            next_page_token=page.next_page_token,
+            partial=page.partial,
+            timings=search_pb2.StageTimings(
+                encode_ms=t.encode * 1e3,
+                search_ms=t.search * 1e3,
+                merge_ms=t.merge * 1e3,
+                metadata_ms=t.metadata * 1e3,
+                total_ms=t.total * 1e3,
+                rounds=t.rounds,
+            ),
+            request_id=request_id.get(),
+            model_version=page.model_version,
+        )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining > 0 else None
+
+
+def _page_request(request: Any) -> PageRequest:
+    return PageRequest(
+        top_k=request.top_k,
+        filters=filters_from_proto(request.filters) if request.HasField("filters") else Filters(),
+        min_score=request.min_score,
+        page_token=request.page_token,
+    )
+
+
+def filters_from_proto(f: Any) -> Filters:
+    return Filters(
+        tags_any=tuple(f.tags_any),
+        tags_all=tuple(f.tags_all),
+        content_types=tuple(f.content_types),
+        created_after=_time(f, "created_after"),
+        created_before=_time(f, "created_before"),
+        bucket=f.bucket,
+        key_prefix=f.key_prefix,
+    )
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp: Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _result(hit: Hit) -> Any:
+    image: ImageRecord = hit.image
+    created = Timestamp()
+    created.FromDatetime(image.created)
+    return search_pb2.ImageResult(
+        id=image.image_id,
+        score=hit.score,
+        bucket=image.bucket,
+        key=image.key,
+        url=hit.url,
+        width=image.width or 0,
+        height=image.height or 0,
+        tags=list(image.tags),
+        created=created,
+        content_type=image.content_type or "",
+    )
+
+
+class SearchServer:
+    """A running gateway: the grpc.aio server with health and reflection. ``port=0`` picks one."""
+
+    def __init__(
+        self,
+        engine: SearchEngine,
+        stats: StatsProvider,
+        metrics: GatewayMetrics,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.engine, self.stats, self.metrics = engine, stats, metrics
+        self.host, self.port = host, port
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            interceptors=[AsyncErrorInterceptor(self.metrics.observe_call)],
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+        )
+        search_pb2_grpc.add_SearchServiceServicer_to_server(
+            SearchServicer(self.engine, self.stats, self.metrics), server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("search gateway serving on %s:%d", self.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

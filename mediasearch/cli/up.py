@@ -1,0 +1,68 @@
+"""``mediasearch up``: the whole cluster on loopback until Ctrl-C (what ``make up`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "up",
+        help="run the whole cluster on loopback (moto S3+SQS, PostgreSQL, Triton, shards, indexer, gateway)",
+        description=(
+            "Start moto (S3 + SQS with the image bucket's notifications going to the indexer's queue), "
+            "migrate the PostgreSQL database, start Triton over the model repository, the shard "
+            "servers, the indexer and the search gateway, all on 127.0.0.1; restart any that crash; "
+            "stop all of them cleanly on Ctrl-C or SIGTERM. Addresses go to WORKDIR/cluster.json, "
+            "logs to WORKDIR/*.log."
+        ),
+    )
+    p.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="exported model repository"
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=Path(".up"), help="logs, caches, cluster.json (default: .up)"
+    )
+    p.add_argument(
+        "--database-url",
+        default="postgresql://postgres@127.0.0.1:5432/mediasearch_up",
+        help="PostgreSQL database (created if missing; default: %(default)s)",
+    )
+    p.add_argument("--shards", type=int, default=2, help="number of shard servers (default: %(default)s)")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    p.add_argument("--no-indexer", action="store_true", help="do not start `mediasearch indexer`")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+
+    from mediasearch.devcluster import ClusterOptions, DevCluster
+
+    cluster = DevCluster(
+        ClusterOptions(
+            workdir=args.workdir,
+            repository=args.repository,
+            database_url=args.database_url,
+            num_shards=args.shards,
+            free_ports=args.free_ports,
+            indexer=not args.no_indexer,
+        )
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: cluster.request_stop())
+    try:
+        info = cluster.start()
+        print(
+            f"cluster up: gateway {info['gateway']} · metrics {info['metrics']} · triton {info['triton']}\n"
+            f"  put images into s3://{info['bucket']} at {info['s3_endpoint']} (AWS keys: testing/testing);"
+            f" logs in {info['logs']}/\n"
+            f'  try: mediasearch query "two red circles" --sheet results.png  ·  Ctrl-C stops everything',
+            flush=True,
+        )
+        cluster.supervise()
+    finally:
+        cluster.stop()
+        print("cluster stopped", flush=True)
+    return 0

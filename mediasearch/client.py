@@ -1,0 +1,164 @@
+"""A small synchronous client of the search gateway (the ``query`` command and the demo use it).
+
+Every call translates grpc errors into the project's tree (:func:`mediasearch.rpc.from_rpc_error`),
+so a caller sees ``InvalidInput``, ``Unavailable``, ``DeadlineExceeded``... with the server's
+readable message.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
+from mediasearch.errors import NotFound, Unavailable
+from mediasearch.rpc import from_rpc_error
+
+
+@dataclass(frozen=True)
+class Result:
+    id: int
+    score: float
+    bucket: str
+    key: str
+    url: str
+    width: int
+    height: int
+    tags: tuple[str, ...]
+    created: datetime
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Response:
+    results: list[Result]
+    next_page_token: str
+    partial: bool
+    timings_ms: dict[str, float]
+    request_id: str
+    model_version: str
+
+
+class SearchClient:
+    """``with SearchClient("127.0.0.1:50051") as c: c.search_text("two red circles")``."""
+
+    def __init__(self, address: str, *, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            raise Unavailable(f"no search gateway answers at {self.address}") from exc
+
+    def search_text(self, text: str, top_k: int = 10, **options: Any) -> Response:
+        request = search_pb2.SearchTextRequest(text=text, top_k=top_k, **_options(options))
+        return _response(self._call("SearchText", request))
+
+    def search_image(
+        self, image: bytes | None = None, image_id: int | None = None, top_k: int = 10, **options: Any
+    ) -> Response:
+        query = {"image": image} if image is not None else {"image_id": image_id}
+        request = search_pb2.SearchImageRequest(top_k=top_k, **query, **_options(options))
+        return _response(self._call("SearchImage", request))
+
+    def get_image(self, image_id: int) -> Result:
+        return _result(self._call("GetImage", search_pb2.GetImageRequest(id=image_id)))
+
+    def stats(self) -> Any:
+        return self._call("Stats", search_pb2.StatsRequest())
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, method) from exc
+
+
+def _options(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    filters = {k: options.pop(k) for k in list(options) if k in search_pb2.Filters.DESCRIPTOR.fields_by_name}
+    if filters:
+        f = search_pb2.Filters()
+        for name, value in filters.items():
+            if value is None or value == () or value == "":
+                continue
+            if isinstance(value, datetime):
+                getattr(f, name).FromDatetime(value)
+            elif isinstance(value, list | tuple):
+                getattr(f, name).extend(value)
+            else:
+                setattr(f, name, value)
+        out["filters"] = f
+    out.update({k: v for k, v in options.items() if v is not None})
+    return out
+
+
+def _result(r: Any) -> Result:
+    from datetime import UTC
+
+    return Result(
+        id=r.id,
+        score=r.score,
+        bucket=r.bucket,
+        key=r.key,
+        url=r.url,
+        width=r.width,
+        height=r.height,
+        tags=tuple(r.tags),
+        created=r.created.ToDatetime(tzinfo=UTC),
+        content_type=r.content_type,
+    )
+
+
+def _response(r: Any) -> Response:
+    t = r.timings
+    return Response(
+        results=[_result(x) for x in r.results],
+        next_page_token=r.next_page_token,
+        partial=r.partial,
+        timings_ms={
+            "encode": t.encode_ms,
+            "search": t.search_ms,
+            "merge": t.merge_ms,
+            "metadata": t.metadata_ms,
+            "total": t.total_ms,
+        },
+        request_id=r.request_id,
+        model_version=r.model_version,
+    )
+
+
+def fetch_image(url: str, timeout_s: float = 10.0) -> bytes:
+    """The bytes behind a result's URL: ``file://`` or a (presigned) ``http(s)://`` URL."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        if parsed.scheme == "file":
+            return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
+        if parsed.scheme in ("http", "https"):
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                return bytes(response.read())
+    except OSError as exc:
+        raise Unavailable(f"cannot fetch {url}: {exc}") from exc
+    raise NotFound(f"cannot fetch {url!r}: only file:// and http(s):// URLs")
