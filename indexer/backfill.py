@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,7 +19,7 @@ from indexer.fetch import S3Fetcher, s3_errors
 from indexer.items import IndexReport
 from indexer.runner import ProgressCallback
 from indexer.service import run_pipeline
-from indexer.source import Delivery, Source
+from indexer.source import Delivery, ListedSource
 from indexer.sqs import aws_client
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
@@ -41,17 +39,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-class ListingSource(Source):
+class ListingSource(ListedSource):
     """One delivery per listed object not yet recorded. :meth:`list_missing` must run first."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, sessions: sessionmaker[Session]) -> None:
+        super().__init__()
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
         self.sessions = sessions
         self.listed = 0
         self.already = 0
-        self._pending: deque[Delivery] = deque()
 
     def list_missing(self) -> int:
         """List the prefix; returns how many objects are missing from the index."""
@@ -79,14 +77,6 @@ class ListingSource(Source):
             self.total,
         )
         return self.total
-
-    def receive(self, max_deliveries: int) -> list[Delivery] | None:
-        if not self._pending:
-            return None
-        return [self._pending.popleft() for _ in range(min(max_deliveries, len(self._pending)))]
-
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
-        pass
 
 
 async def abackfill(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 
 from indexer.events import ObjectEvent
@@ -18,7 +17,7 @@ from indexer.fetch import FileFetcher
 from indexer.items import IndexReport
 from indexer.runner import ProgressCallback
 from indexer.service import run_pipeline
-from indexer.source import Delivery, Source
+from indexer.source import Delivery, ListedSource
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import NotFound
 from mediasearch.settings import Settings
@@ -40,10 +39,11 @@ def image_files(root: Path) -> list[str]:
     return sorted(keys)
 
 
-class FolderSource(Source):
+class FolderSource(ListedSource):
     """One delivery per image file; acknowledging is a no-op (the database remembers)."""
 
     def __init__(self, root: Path, bucket: str) -> None:
+        super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
             raise NotFound(f"{root} is not a folder")
@@ -51,14 +51,6 @@ class FolderSource(Source):
             Delivery([ObjectEvent("created", bucket, key)], token=key) for key in image_files(root)
         )
         self.total = len(self._pending)
-
-    def receive(self, max_deliveries: int) -> list[Delivery] | None:
-        if not self._pending:
-            return None
-        return [self._pending.popleft() for _ in range(min(max_deliveries, len(self._pending)))]
-
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
-        pass
 
 
 async def aindex_folder(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,22 @@ class Source(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class ListedSource(Source):
+    """A source listed once up front (a bucket listing, a folder): deliveries come from
+    ``self._pending`` until it is empty; acknowledging is a no-op, the database remembers."""
+
+    def __init__(self) -> None:
+        self._pending: deque[Delivery] = deque()
+
+    def receive(self, max_deliveries: int) -> list[Delivery] | None:
+        if not self._pending:
+            return None
+        return [self._pending.popleft() for _ in range(min(max_deliveries, len(self._pending)))]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        pass
 
 
 class MemorySource(Source):

@@ -4,6 +4,7 @@ encoder runs. Anything not given on the command line comes from ``MEDIASEARCH_*`
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from mediasearch.settings import Settings, load_settings
@@ -41,3 +42,20 @@ def print_report(report: Any) -> None:
         print(f"  failed: {uri}: {error}")
     if len(report.failures) > 20:
         print(f"  ... and {report.failed - 20} more failed (status 'failed' in the images table)")
+
+
+def run_with_progress(args: argparse.Namespace, label: str, index: Callable[[Any], Any]) -> int:
+    """Run ``index(progress_bar_or_None)`` with the stderr bar (unless ``--no-progress``), then print
+    the report; exit status 1 when some objects are left to retry."""
+    import logging
+
+    from indexer.progress import ProgressBar
+
+    if not args.no_progress:  # the bar says it better than one log line per batch
+        logging.getLogger("indexer.stages").setLevel(logging.WARNING)
+    bar = None if args.no_progress else ProgressBar(label)
+    report = index(bar)
+    if bar is not None:
+        bar.close(report, report.processed + report.retried)
+    print_report(report)
+    return 0 if report.retried == 0 else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mediasearch.cli._indexing import add_common, print_report, settings_from
+from mediasearch.cli._indexing import add_common, run_with_progress, settings_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from indexer.backfill import backfill
-    from indexer.progress import ProgressBar
 
-    if not args.no_progress:  # the bar says it better than one log line per batch
-        logging.getLogger("indexer.stages").setLevel(logging.WARNING)
     settings = settings_from(args, s3_endpoint_url=args.s3_endpoint_url)
-    bar = None if args.no_progress else ProgressBar("backfill")
-    report = backfill(settings, args.url, progress=bar)
-    if bar is not None:
-        bar.close(report, report.processed + report.retried)
-    print_report(report)
-    return 0 if report.retried == 0 else 1
+    return run_with_progress(args, "backfill", lambda bar: backfill(settings, args.url, progress=bar))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mediasearch.cli._indexing import add_common, print_report, settings_from
+from mediasearch.cli._indexing import add_common, run_with_progress, settings_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,17 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from indexer.folder import index_folder
-    from indexer.progress import ProgressBar
 
-    if not args.no_progress:  # the bar says it better than one log line per batch
-        logging.getLogger("indexer.stages").setLevel(logging.WARNING)
     settings = settings_from(args)
-    bar = None if args.no_progress else ProgressBar("indexing")
-    report = index_folder(settings, args.folder, progress=bar, bucket=args.bucket)
-    if bar is not None:
-        bar.close(report, report.processed + report.retried)
-    print_report(report)
-    return 0 if report.retried == 0 else 1
+    return run_with_progress(
+        args, "indexing", lambda bar: index_folder(settings, args.folder, progress=bar, bucket=args.bucket)
+    )
