@@ -5,7 +5,9 @@ the oldest pending items (up to ``max_batch``) as soon as the batch is full, or 
 the oldest item arrived, and hands them to ``run`` (a coroutine: an ONNX Runtime pass in an executor
 thread, so the event loop never blocks, or a request to Triton). At most ``max_inflight`` passes run
 at once; while they do, new requests queue up and form the next batch: under load, batches grow by
-themselves and the wait only applies to a lone request on an idle encoder.
+themselves. The wait only applies while another pass is running: on an idle encoder a request
+runs at once (waiting there would add ``max_wait_s`` to every query at low load), and whatever
+arrives meanwhile forms the next batch.
 
 A batch can be split before it runs (``split``): text batches are sorted by token length and cut
 where padding every row to the batch's longest would waste more than one extra pass costs. The
@@ -122,7 +124,8 @@ class MicroBatcher(Generic[T, R]):
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()  # while every slot is busy, the next batch keeps growing
-            await self._fill()
+            if self._passes:  # an idle encoder runs a lone request at once: waiting buys no batch-mates
+                await self._fill()
             window = self._take()
             if not window:
                 self._slots.release()

@@ -50,14 +50,36 @@ def test_passes_never_exceed_max_batch_when_more_callers_wait() -> None:
     run(with_fake, body, max_batch=8, max_wait_s=0.05)
 
 
-def test_lone_request_runs_after_max_wait_when_no_batch_mates_arrive() -> None:
+def test_lone_request_on_an_idle_encoder_runs_at_once_without_waiting_for_batch_mates() -> None:
     async def body(enc: FakeEncoder) -> float:
         started = time.perf_counter()
         await enc.encode_texts(["alone"])
         return time.perf_counter() - started
 
-    elapsed = run(with_fake, body, max_batch=8, max_wait_s=0.02)
-    assert 0.015 <= elapsed < 1.0
+    elapsed = run(with_fake, body, max_batch=8, max_wait_s=0.5)
+    assert elapsed < 0.25  # not the 0.5 s window
+
+
+def test_request_arriving_while_a_pass_runs_waits_max_wait_for_batch_mates() -> None:
+    sizes: list[int] = []
+
+    async def slow(items: list[str]) -> list[str]:
+        sizes.append(len(items))
+        await asyncio.sleep(0.3)
+        return items
+
+    async def body() -> None:
+        # a free slot is left for the second request: only the window makes it wait for the third
+        batcher = MicroBatcher(slow, max_batch=8, max_wait_s=0.1, max_inflight=2)
+        first = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.01)  # the first pass is running now
+        second = asyncio.ensure_future(batcher.submit(["second"]))
+        await asyncio.sleep(0.03)
+        await asyncio.gather(first, second, batcher.submit(["third"]))  # within the second's window
+        await batcher.close()
+
+    run(body)
+    assert sizes == [1, 2]
 
 
 def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
