@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from indexer.commit import Committer
 from indexer.fetch import Fetcher
 from indexer.items import IndexReport, Item
+from indexer.metrics import IndexerMetrics
 from indexer.source import Delivery, Source
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import Conflict, MediaSearchError, NotFound
@@ -58,6 +59,7 @@ class Pipeline:
         options: PipelineOptions | None = None,
         *,
         progress: ProgressCallback | None = None,
+        metrics: IndexerMetrics | None = None,
     ) -> None:
         self.source = source
         self.fetcher = fetcher
@@ -65,6 +67,7 @@ class Pipeline:
         self.committer = committer
         self.options = options or PipelineOptions()
         self.progress = progress
+        self.metrics = metrics or IndexerMetrics()
         self.report = IndexReport()
         self._in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,6 +138,7 @@ class Pipeline:
                 for delivery in deliveries:
                     for event in delivery.events:
                         self._in_flight += 1
+                        self.metrics.in_flight.inc()
                         await q_fetch.put(Item(delivery, event))
         finally:
             for _ in range(self.options.fetch_concurrency):
@@ -170,7 +174,8 @@ class Pipeline:
             if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
                 item.outcome = "duplicate"
                 return
-            fetched = await self._blocking(self._io, self.fetcher.fetch, ev)
+            with self.metrics.timed("fetch"):
+                fetched = await self._blocking(self._io, self.fetcher.fetch, ev)
             item.fetched = fetched
             if not ev.etag and await self._done(ev.bucket, ev.key, fetched.etag):
                 item.outcome = "duplicate"
@@ -190,7 +195,8 @@ class Pipeline:
         if fetched.error is not None:
             item.error = fetched.error
             return
-        await self._blocking(self._decode, self._decode_item, item)
+        with self.metrics.timed("decode"):
+            await self._blocking(self._decode, self._decode_item, item)
 
     async def _done(self, bucket: str, key: str, etag: str) -> bool:
         done: bool = await self._blocking(self._io, self.committer.already_done, bucket, key, etag)
@@ -251,10 +257,12 @@ class Pipeline:
         try:
             todo = [it for it in batch if it.pixels is not None]
             if todo:
+                self.metrics.batch.observe(len(todo))
                 try:
-                    vectors = await self.encoder.encode_pixels(
-                        np.stack([it.pixels for it in todo if it.pixels is not None])
-                    )
+                    with self.metrics.timed("encode"):
+                        vectors = await self.encoder.encode_pixels(
+                            np.stack([it.pixels for it in todo if it.pixels is not None])
+                        )
                 except MediaSearchError as exc:
                     log.warning("indexer: encoding %d images failed, will retry: %s", len(todo), exc)
                     for it in todo:
@@ -289,7 +297,8 @@ class Pipeline:
 
     async def _commit(self, items: list[Item]) -> None:
         try:
-            await self._blocking(self._commit_pool, self.committer.commit, items)
+            with self.metrics.timed("commit"):
+                await self._blocking(self._commit_pool, self.committer.commit, items)
         except (MediaSearchError, OSError):  # database, store or disk: the events come back later
             log.exception("indexer: committing %d events failed; they will be retried", len(items))
             for it in items:
@@ -299,6 +308,7 @@ class Pipeline:
         retry: list[Delivery] = []
         for it in items:
             self.report.count(it)
+            self.metrics.finished(it.outcome)
             d = it.delivery
             d.done += 1
             d.retry = d.retry or it.outcome == "retry"
@@ -312,6 +322,7 @@ class Pipeline:
         except MediaSearchError:  # not acknowledged: redelivered, then skipped as a duplicate
             log.exception("indexer: acknowledging %d deliveries failed", len(ack))
         self._in_flight -= len(items)
+        self.metrics.in_flight.dec(len(items))
         if ack:
             logging.getLogger("indexer.stages").info(
                 "indexer stage=acked deliveries=%d t=%.3f", len(ack), time.time()

@@ -12,6 +12,7 @@ from pathlib import Path
 from indexer.commit import Committer
 from indexer.fetch import Fetcher
 from indexer.items import IndexReport
+from indexer.metrics import IndexerMetrics
 from indexer.runner import Pipeline, PipelineOptions, ProgressCallback
 from indexer.source import Source
 from mediasearch.encoders.base import Encoder
@@ -45,6 +46,7 @@ async def run_pipeline(
     progress: ProgressCallback | None = None,
     stop: asyncio.Event | None = None,
     idle_exit_s: float | None = None,
+    metrics: IndexerMetrics | None = None,
 ) -> IndexReport:
     """Run ``source`` through the pipeline until it is exhausted (or ``stop``/idle).
 
@@ -72,7 +74,13 @@ async def run_pipeline(
             encoder.model_version,
         )
         pipeline = Pipeline(
-            source, fetcher, encoder, committer, pipeline_options(settings), progress=progress
+            source,
+            fetcher,
+            encoder,
+            committer,
+            pipeline_options(settings),
+            progress=progress,
+            metrics=metrics,
         )
         return await pipeline.run(stop, idle_exit_s)
     finally:

@@ -15,6 +15,7 @@ import signal
 
 from indexer.fetch import S3Fetcher
 from indexer.items import IndexReport
+from indexer.metrics import IndexerMetrics
 from indexer.runner import ProgressCallback
 from indexer.service import run_pipeline
 from indexer.sqs import SqsSource, aws_client
@@ -57,6 +58,10 @@ async def arun_worker(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     log.info("indexer: consuming %s", settings.indexer_queue_url)
+    metrics = IndexerMetrics()
+    if settings.indexer_metrics_port:
+        port = metrics.serve(settings.indexer_metrics_host, settings.indexer_metrics_port)
+        log.info("indexer: Prometheus metrics on http://%s:%d/metrics", settings.indexer_metrics_host, port)
     report = await run_pipeline(
         settings,
         source,
@@ -65,7 +70,9 @@ async def arun_worker(
         stop=stop,
         idle_exit_s=idle_exit_s,
         progress=progress,
+        metrics=metrics,
     )
+    metrics.stop()
     log.info("indexer: stopped; %s; %d poison messages", report.summary(), source.poisoned)
     return report
 

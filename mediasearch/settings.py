@@ -219,6 +219,10 @@ class Settings(BaseSettings):
     indexer_local_bucket: str = Field(
         default="local", description="Bucket name recorded for images indexed from a local folder."
     )
+    indexer_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics port of `mediasearch indexer` (0: off)."
+    )
+    indexer_metrics_host: str = Field(default="127.0.0.1", description="Address of the indexer's /metrics.")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dlq-url", help="dead-letter queue URL (MEDIASEARCH_INDEXER_DLQ_URL)")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MEDIASEARCH_S3_ENDPOINT_URL)")
     p.add_argument("--sqs-endpoint-url", help="SQS endpoint (MEDIASEARCH_SQS_ENDPOINT_URL)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (MEDIASEARCH_INDEXER_METRICS_PORT)",
+    )
     add_common(p)
     p.add_argument(
         "--exit-when-idle",
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         indexer_dlq_url=args.dlq_url,
         s3_endpoint_url=args.s3_endpoint_url,
         sqs_endpoint_url=args.sqs_endpoint_url,
+        indexer_metrics_port=args.metrics_port,
     )
     report = run_worker(settings, idle_exit_s=args.exit_when_idle)
     print(report.summary())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,31 @@ def test_index_command_reports_counts_and_failures_and_draws_progress_on_stderr(
     assert "indexing [####################] 3/3 100%" in err
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("indexed 0, failed 0, removed 0, skipped 3")
+
+
+def test_metrics_count_outcomes_and_time_every_stage(settings: Settings, tmp_path: Path) -> None:
+    import urllib.request
+
+    from indexer.metrics import IndexerMetrics
+
+    write(tmp_path / "f", {"good.jpg": scene_bytes(1), "bad.jpg": b"not an image"})
+    events = [ObjectEvent("created", "local", k) for k in ("good.jpg", "bad.jpg")]
+    metrics = IndexerMetrics()
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        source = MemorySource([events])
+        fetcher = FileFetcher(tmp_path / "f", max_bytes=settings.max_image_bytes)
+        asyncio.run(run_pipeline(settings, source, fetcher, metrics=metrics))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.stop()
+    assert 'mediasearch_indexer_images_total{outcome="indexed"} 1.0' in text
+    assert 'mediasearch_indexer_images_total{outcome="failed"} 1.0' in text
+    counts = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'mediasearch_indexer_stage_seconds_count\{stage="(\w+)"\} (\S+)', text)
+    }
+    assert counts["fetch"] == counts["decode"] == 2  # per image
+    assert counts["encode"] == 1  # one image could be encoded: one encoder call
+    assert counts["commit"] >= 1  # per batch (the failed image may commit in its own)
+    assert "mediasearch_indexer_in_flight 0.0" in text
