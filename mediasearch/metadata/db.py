@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,8 @@ def translated(what: str) -> Iterator[None]:
         raise Unavailable(f"{what}: {exc.orig!r}") from exc
     except SQLAlchemyError as exc:
         raise Unavailable(f"{what}: {exc!r}") from exc
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

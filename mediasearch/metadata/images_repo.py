@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from mediasearch.metadata.db import translated
+from mediasearch.metadata.db import translated, utc
 from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED, ImageRow
 
 
@@ -49,8 +49,8 @@ class ImageRecord:
             content_type=row.content_type,
             width=row.width,
             height=row.height,
-            created=_aware(row.created),
-            indexed=_aware(row.indexed) if row.indexed is not None else None,
+            created=utc(row.created),
+            indexed=utc(row.indexed) if row.indexed is not None else None,
             tags=tuple(row.tags or ()),
             model_version=row.model_version,
             shard=row.shard,
@@ -71,11 +71,6 @@ def get_images(session: Session, ids: Iterable[int], *, only_indexed: bool = Tru
         query = query.where(ImageRow.status == INDEXED)
     with translated("reading image metadata"):
         return {row.id: ImageRecord.from_row(row) for row in session.execute(query)}  # type: ignore[arg-type]
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 # -- write side (the indexer) ------------------------------------------------------------------
@@ -231,7 +226,7 @@ def supersede(session: Session, bucket: str, key: str) -> list[Unindexed]:
         )
         if len(rows) < 2:
             return []
-        newest = max(rows, key=lambda r: (_aware(r.created), r.id))
+        newest = max(rows, key=lambda r: (utc(r.created), r.id))
         return [_remove(r) for r in rows if r is not newest]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
-from mediasearch.metadata.db import translated
+from mediasearch.metadata.db import translated, utc
 from mediasearch.metadata.models import DELETED, LIVE, RETIRED, SegmentRow, TombstoneRow, utcnow
 
 if TYPE_CHECKING:  # the index package imports this module
@@ -55,8 +55,8 @@ class SegmentRecord:
             row.model_version,
             row.index_type,
             row.state,
-            _aware(row.created),
-            _aware(row.retired),
+            utc(row.created),
+            utc(row.retired) if row.retired is not None else None,
         )
 
 
@@ -68,13 +68,6 @@ class ShardManifest:
     segments: tuple[SegmentRecord, ...]
     tombstones: np.ndarray  # sorted unique int64 ids, shard-scoped and global together
     tombstone_mark: tuple[int, int]  # (max seq, count): cheap change detection
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequence[str] = ()) -> None:
