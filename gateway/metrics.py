@@ -3,18 +3,18 @@ one process, as in tests), served over HTTP by :meth:`GatewayMetrics.serve`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from mediasearch.metrics import ServiceMetrics
 
 STAGES = ("encode", "search", "merge", "metadata")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class GatewayMetrics:
+class GatewayMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.requests = Counter(
             "mediasearch_gateway_requests",
             "gRPC requests by method and status code",
@@ -43,7 +43,6 @@ class GatewayMetrics:
         self.inflight = Gauge("mediasearch_gateway_inflight", "Searches in progress", registry=self.registry)
         for stage in STAGES:
             self.stage.labels(stage)
-        self._http: Any = None
 
     def observe_call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.requests.labels(method, code.name).inc()
@@ -51,15 +50,3 @@ class GatewayMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
-
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 picks a free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
-
-    def stop(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

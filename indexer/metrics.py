@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from mediasearch.metrics import ServiceMetrics
 
 STAGES = ("fetch", "decode", "encode", "commit")
 OUTCOMES = ("indexed", "failed", "duplicate", "removed", "gone", "stale", "retry")
@@ -24,9 +25,9 @@ _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class IndexerMetrics:
+class IndexerMetrics(ServiceMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.images = Counter(
             "mediasearch_indexer_images", "Events finished, by outcome", ["outcome"], registry=self.registry
         )
@@ -50,7 +51,6 @@ class IndexerMetrics:
             self.stage.labels(stage)
         for outcome in OUTCOMES:
             self.images.labels(outcome)
-        self._http: Any = None
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -62,15 +62,3 @@ class IndexerMetrics:
 
     def finished(self, outcome: str | None) -> None:
         self.images.labels(outcome or "unknown").inc()
-
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 picks a free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
-
-    def stop(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
