@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from bench.models import BUILD, vitb32_repository
+from mediasearch.ports import free_port
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -127,14 +128,6 @@ def wait_for(endpoint: str, timeout_s: float = 30.0) -> None:
             if time.time() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def encoder_seconds(repository: Path, grpc_url: str, data: list[bytes], batch: int) -> float:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mediasearch.errors import MediaSearchError, Unavailable
+from mediasearch.ports import free_port
 from mediasearch.triton import LocalTriton, TritonOptions
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,6 @@ class Child:
     started: float = 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -96,7 +91,7 @@ class DevCluster:
     def start(self) -> dict[str, Any]:
         o = self.options
         o.workdir.mkdir(parents=True, exist_ok=True)
-        port = lambda p: _free_port() if o.free_ports else p  # noqa: E731
+        port = lambda p: free_port() if o.free_ports else p  # noqa: E731
         moto_port, gateway_port, metrics_port = port(o.moto_port), port(o.gateway_port), port(o.metrics_port)
         shard_ports = [port(o.shard_base_port + s) for s in range(o.num_shards)]
         try:

@@ -134,14 +134,6 @@ def search_ids(
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Bucket:
     """A bucket whose ObjectCreated/ObjectRemoved notifications go to an SQS queue (plus a DLQ)."""
 

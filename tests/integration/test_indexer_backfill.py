@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from indexer_support import (
     AWS_ENV,
     Bucket,
-    free_port,
     indexer_settings,
     rows,
     scene_bytes,
@@ -23,19 +21,9 @@ from indexer_support import (
     sessions_for,
     store_of,
 )
-from moto.server import ThreadedMotoServer
 
 from indexer.backfill import backfill
 from mediasearch.metadata.models import INDEXED
-
-
-@pytest.fixture
-def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_backfill_killed_midway_resumes_and_later_runs_index_only_new_objects(

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from index_support import postgres_available, postgres_database
-from indexer_support import AWS_ENV, Bucket, free_port, rows, scene_bytes, served_ids, sessions_for, store_of
-from moto.server import ThreadedMotoServer
+from indexer_support import AWS_ENV, Bucket, rows, scene_bytes, served_ids, sessions_for, store_of
 
 from mediasearch.index.builder import BuildConfig
 from mediasearch.index.compactor import Compactor
@@ -23,15 +21,6 @@ from mediasearch.metadata.models import INDEXED
 from mediasearch.settings import load_settings
 
 IMAGES = 48
-
-
-@pytest.fixture
-def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def indexer_env(bucket: Bucket, database_url: str, repository: Path, tmp: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ from indexer_support import (
     AWS_ENV,
     Bucket,
     bad_inputs,
-    free_port,
     indexer_settings,
     rows,
     scene_bytes,
@@ -25,7 +24,6 @@ from indexer_support import (
     sessions_for,
     store_of,
 )
-from moto.server import ThreadedMotoServer
 
 from indexer.sqs import POISON_ATTRIBUTE, SqsSource, aws_client
 from indexer.worker import arun_worker
@@ -35,12 +33,8 @@ from mediasearch.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def endpoint(module_endpoint: str) -> str:
+    return module_endpoint
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from index_support import postgres_available, postgres_database
 from indexer_support import (
     AWS_ENV,
     Bucket,
-    free_port,
     indexer_settings,
     rows,
     scene_bytes,
@@ -22,7 +20,6 @@ from indexer_support import (
     sessions_for,
     store_of,
 )
-from moto.server import ThreadedMotoServer
 
 from indexer.worker import arun_worker
 from mediasearch.encoders import LocalEncoder
@@ -30,15 +27,6 @@ from mediasearch.index.segment import load_vectors
 from mediasearch.metadata.manifest_repo import load_shard_manifest
 from mediasearch.metadata.models import INDEXED
 from mediasearch.triton import LocalTriton
-
-
-@pytest.fixture
-def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_sqs_indexer_with_triton_publishes_the_local_encoders_vectors_and_finds_each_image(

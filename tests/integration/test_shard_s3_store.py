@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 from index_support import MODEL, brute_force, unit_vectors
-from moto.server import ThreadedMotoServer
 
 from mediasearch.errors import NotFound, Unavailable
 from mediasearch.index.builder import BuildConfig
@@ -19,21 +16,12 @@ from mediasearch.index.segment import read_meta, write_segment
 from mediasearch.index.shard import SearchParams, Shard
 from mediasearch.index.store import open_store
 from mediasearch.metadata.manifest_repo import SegmentRecord, ShardManifest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mediasearch.ports import free_port
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def endpoint(module_endpoint: str) -> str:
+    return module_endpoint
 
 
 @pytest.fixture
@@ -82,7 +70,7 @@ def test_s3_listing_reports_an_interrupted_upload_as_incomplete_and_delete_remov
 def test_unreachable_s3_is_reported_as_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    store = S3Store("b", "p", cache_dir=tmp_path, endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    store = S3Store("b", "p", cache_dir=tmp_path, endpoint_url=f"http://127.0.0.1:{free_port()}")
     store._client.meta.config.retries = {"max_attempts": 1}
     with pytest.raises(Unavailable):
         store.list()

@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import shutil
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from mediasearch.encoders import Encoder, ImageEmbeddings, LocalEncoder, TritonClientOptions, TritonEncoder
 from mediasearch.errors import DeadlineExceeded, ImageError, ManifestMismatch, Unavailable
 from mediasearch.manifest import ModelManifest
+from mediasearch.ports import free_port
 from mediasearch.preprocess import TextTokenizer, normalize, prepare_image
 from mediasearch.triton import LocalTriton
 
@@ -184,12 +184,6 @@ def test_corrupt_image_fails_only_itself_in_a_batch_on_triton_and_locally(
 # -- errors ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _edited_copy(repository: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     """The manifest and tokenizer (all a Triton client reads) with the manifest edited."""
     copy = tmp_path / "repository"
@@ -204,7 +198,7 @@ def _edited_copy(repository: Path, tmp_path: Path, edit: Callable[[dict[str, Any
 def test_triton_encoder_raises_unavailable_naming_the_address_when_triton_is_down(
     tiny_repository: Path,
 ) -> None:
-    url = f"127.0.0.1:{_free_port()}"
+    url = f"127.0.0.1:{free_port()}"
     encoder = TritonEncoder(tiny_repository, options=TritonClientOptions(url=url, retries=2, backoff_s=0.01))
     with pytest.raises(Unavailable, match=url):
         asyncio.run(encoder.start())
