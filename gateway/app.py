@@ -35,6 +35,7 @@ from mediasearch.index.shard import Shard
 from mediasearch.index.store import open_store
 from mediasearch.metadata.db import make_engine, migrate, session_factory, translated
 from mediasearch.metadata.models import ImageRow
+from mediasearch.metadata.readers import open_image_reader
 from mediasearch.rpc import from_rpc_error
 from mediasearch.settings import Settings
 
@@ -67,6 +68,7 @@ class Gateway:
     router: Router
     sessions: sessionmaker[Session]
     followers: list[ManifestFollower] = field(default_factory=list)
+    search: SearchEngine | None = None
     port: int = 0
     metrics_port: int = 0
 
@@ -80,6 +82,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self.search is not None:
+            await self.search.close()
         self.metrics.stop()
         for follower in self.followers:
             follower.stop()
@@ -136,9 +140,11 @@ async def start_gateway(
         presign=settings.gateway_presign_urls,
         expiry_s=settings.gateway_url_expiry_s,
     )
-    search = SearchEngine(encoder, router, sessions, locator, limits_from(settings), metrics.observe_stage)
+    search = SearchEngine(
+        encoder, router, open_image_reader(engine), locator, limits_from(settings), metrics.observe_stage
+    )
     metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
-    gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers)  # type: ignore[arg-type]
+    gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, search)  # type: ignore[arg-type]
     gateway.server = SearchServer(
         search,
         gateway.stats,

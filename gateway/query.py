@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.admission import Admission
 from gateway.filters import Filters
 from gateway.locator import ImageLocator
 from gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.encoders.base import Encoder
+from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Unavailable
 from mediasearch.index.router import Router
 from mediasearch.index.shard import SearchParams
-from mediasearch.metadata.images_repo import ImageRecord, get_images
+from mediasearch.metadata.images_repo import ImageRecord
+from mediasearch.metadata.readers import ImageReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class QueryLimits:
     default_top_k: int = 10
     max_query_chars: int = 1000
     deadline_s: float = 5.0
-    max_active: int = 8
+    max_active: int = 32
     max_inflight: int = 256
     max_candidates: int = 10_000
     oversample: float = 4.0
@@ -100,18 +101,29 @@ class SearchEngine:
         self,
         encoder: Encoder,
         router: Router,
-        sessions: sessionmaker[Session],
+        metadata: ImageReader,
         locator: ImageLocator,
         limits: QueryLimits | None = None,
         observe_stage: StageObserver | None = None,
     ) -> None:
         self.encoder = encoder
         self.router = router
-        self.sessions = sessions
+        self.metadata = metadata
         self.locator = locator
         self.limits = limits or QueryLimits()
         self.observe_stage = observe_stage or (lambda _stage, _s: None)
         self.admission = Admission(self.limits.max_active, self.limits.max_inflight)
+        # Concurrent searches finish their fan-outs together (the router coalesces them), so their
+        # metadata lookups arrive together too: one query serves all of them (an idle database
+        # runs a lone lookup at once). Each lookup is a thread hop, a round trip and result
+        # parsing, which on a CPU shared with the encoder is time taken from the encoder.
+        self._lookups: MicroBatcher[tuple[int, ...], dict[int, ImageRecord]] = MicroBatcher(
+            self._lookup_many, max_batch=64, max_wait_s=0.0, max_inflight=2, name="metadata lookups"
+        )
+
+    async def close(self) -> None:
+        await self._lookups.close()
+        await self.metadata.close()
 
     # -- public calls ------------------------------------------------------------------------
     async def search_text(self, text: str, page: PageRequest, deadline_s: float | None = None) -> Page:
@@ -290,12 +302,12 @@ class SearchEngine:
     async def _lookup(self, ids: list[int]) -> dict[int, ImageRecord]:
         if not ids:
             return {}
+        (records,) = await self._lookups.submit([tuple(ids)])
+        return records
 
-        def read() -> dict[int, ImageRecord]:
-            with self.sessions() as session:
-                return get_images(session, ids)
-
-        return await asyncio.to_thread(read)
+    async def _lookup_many(self, batches: list[tuple[int, ...]]) -> list[dict[int, ImageRecord]]:
+        found = await self.metadata.get({i for ids in batches for i in ids})
+        return [{i: found[i] for i in ids if i in found} for ids in batches]
 
     async def _timed(self, timings: Timings, stage: str, call: Awaitable[T], deadline: float) -> T:
         remaining = deadline - asyncio.get_running_loop().time()

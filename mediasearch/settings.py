@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Server-side deadline of one search (the caller's, if shorter, wins)."
     )
     gateway_max_active: int = Field(
-        default=8, gt=0, description="Searches running at once (enough to fill the encoder's batches)."
+        default=32,
+        gt=0,
+        description="Searches running at once (enough to keep the encoder's batches full).",
     )
     gateway_max_inflight: int = Field(
         default=256, gt=0, description="Searches waiting for a turn; more are refused (RESOURCE_EXHAUSTED)."

@@ -1,0 +1,117 @@
+"""The query path's metadata readers: async psycopg on PostgreSQL, SQLAlchemy on SQLite.
+
+Both must return exactly what the shared ``get_images`` returns (INDEXED rows only, as
+ImageRecord), and an unreachable database must be Unavailable, not a driver exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from index_support import postgres_available, postgres_database
+from sqlalchemy import Engine
+
+from mediasearch.errors import Unavailable
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.images_repo import NewImage, get_images, mark_failed, mark_indexed, reserve
+from mediasearch.metadata.readers import PgImageReader, SqlImageReader, open_image_reader
+
+WHEN = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        yield engine
+        engine.dispose()
+
+
+def _rows(engine: Engine) -> tuple[list[int], int, int]:
+    """Five indexed rows (one with tags), one failed, one still pending: their ids."""
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        images = [
+            NewImage("photos", f"k{i}.jpg", f"e{i}", size=100 + i, content_type="image/jpeg", created=WHEN)
+            for i in range(7)
+        ]
+        ids = [r.image_id for r in reserve(session, images)]
+    with sessions.begin() as session:
+        mark_indexed(session, [(i, i % 2, 64, 48) for i in ids[:5]], model_version="m1", when=WHEN)
+        mark_failed(session, ids[5], "not an image")
+    return ids[:5], ids[5], ids[6]
+
+
+def test_the_reader_returns_what_get_images_returns_indexed_rows_only(engine: Engine) -> None:
+    indexed, failed, pending = _rows(engine)
+    with session_factory(engine)() as session:
+        expected = get_images(session, [*indexed, failed, pending])
+    assert sorted(expected) == indexed
+
+    async def read() -> dict[int, object]:
+        reader = open_image_reader(engine)
+        assert isinstance(reader, PgImageReader if engine.dialect.name == "postgresql" else SqlImageReader)
+        try:
+            first = await reader.get([*indexed, failed, pending, 10**12])
+            again = await asyncio.gather(*(reader.get([i]) for i in indexed))  # concurrent lookups
+            assert [dict(a) for a in again] == [{i: first[i]} for i in indexed]
+            assert await reader.get([]) == {}
+            return dict(first)
+        finally:
+            await reader.close()
+
+    got = asyncio.run(read())
+    assert got == expected
+    record = expected[indexed[1]]
+    assert (record.bucket, record.key, record.width, record.height) == ("photos", "k1.jpg", 64, 48)
+    assert record.created == WHEN and record.created.tzinfo is not None
+    assert record.model_version == "m1" and record.shard == indexed[1] % 2
+
+
+def test_an_unreachable_postgresql_is_unavailable() -> None:
+    async def read() -> None:
+        reader = PgImageReader("postgresql://postgres@127.0.0.1:1/nothing", connect_timeout_s=1)
+        try:
+            await reader.get([1, 2])
+        finally:
+            await reader.close()
+
+    with pytest.raises(Unavailable, match="unreachable"):
+        asyncio.run(read())
+
+
+def test_a_dropped_connection_fails_one_lookup_and_the_next_reconnects() -> None:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        indexed, _, _ = _rows(engine)
+
+        async def read() -> None:
+            reader = PgImageReader(url)
+            try:
+                assert set(await reader.get(indexed)) == set(indexed)
+                for connection in reader._idle:  # the server (or a proxy) drops it while idle
+                    await connection.close()
+                with pytest.raises(Unavailable, match="reading image metadata"):
+                    await reader.get(indexed)
+                assert set(await reader.get(indexed)) == set(indexed)
+            finally:
+                await reader.close()
+
+        asyncio.run(read())
+        engine.dispose()
