@@ -51,7 +51,7 @@ class QueryLimits:
     max_candidates: int = 10_000
     oversample: float = 4.0
     token_secret: str = "mediasearch-page-token"
-    nprobe: int = 2
+    nprobe: int = 16
     ef_search: int = 128
 
 

@@ -154,7 +154,12 @@ class Settings(BaseSettings):
     index_mmap_ivf: bool = Field(
         default=False, description="Memory-map IVF segments too (faster start, ~4x slower FAISS search)."
     )
-    search_nprobe: int = Field(default=2, gt=0, description="Default inverted lists probed per query.")
+    search_nprobe: int = Field(
+        default=16,
+        gt=0,
+        description="Default inverted lists probed per query and shard. 16 gave recall@10 0.966 on one 250k "
+        "shard of bench-index's out-of-distribution queries (2: 0.74, 8: 0.93) at 0.5 ms per search.",
+    )
     search_ef: int = Field(
         default=128,
         gt=0,

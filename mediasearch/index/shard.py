@@ -37,7 +37,7 @@ class SearchParams:
     """Per-request knobs; nprobe and ef_search only matter for IVF segments."""
 
     k: int = 10
-    nprobe: int = 2
+    nprobe: int = 16
     ef_search: int = 128
 
     def __post_init__(self) -> None:
