@@ -3,7 +3,8 @@
 One supervisor starts, in order: moto (S3 + SQS in server mode, with the image bucket's
 ObjectCreated/ObjectRemoved notifications delivered to the indexer's queue), the metadata database
 (PostgreSQL, migrated), Triton (CPU flavour, micro model), the shard servers, the indexer
-(``mediasearch indexer``) and the search gateway (``mediasearch serve``). Segments live in S3.
+(``mediasearch indexer``), the compactor (``mediasearch compact --every 10``) and the search
+gateway (``mediasearch serve``). Segments live in S3.
 Each child runs in its own session (a terminal's Ctrl-C reaches only the supervisor, which then
 stops the children in reverse order with SIGTERM, killing what does not exit) and is told by the
 kernel to terminate if the supervisor dies (PR_SET_PDEATHSIG), so nothing outlives it. A child
@@ -131,6 +132,8 @@ class DevCluster:
                 self._spawn(f"shard-{s}", ["shard-server", "--shard", str(s), "--port", str(p)], env)
             if o.indexer:
                 self._spawn("indexer", ["indexer"], env)
+                # merges the indexer's small per-batch segments as they accumulate
+                self._spawn("compactor", ["compact", "--every", "10"], env)
             self._spawn("gateway", ["serve"], env)
             _wait_tcp("127.0.0.1", gateway_port, 90, self.children["gateway"])
         except BaseException:
@@ -213,7 +216,7 @@ class DevCluster:
         self._stopping.set()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop everything, newest first: gateway, indexer, shards, then Triton and moto."""
+        """Stop everything, newest first: gateway, compactor, indexer, shards, then Triton and moto."""
         self._stopping.set()
         for child in reversed(list(self.children.values())):
             if child.name == "moto":

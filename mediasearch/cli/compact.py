@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="compact even one segment (to apply deletes)")
     p.add_argument(
         "--gc-grace", type=float, help="seconds unreferenced files are kept (MEDIASEARCH_GC_GRACE_S)"
+    )
+    p.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep running: a round over the shards every SECONDS until SIGTERM/Ctrl-C "
+        "(what a deployment runs beside the indexer; default: one round, then exit)",
     )
     p.set_defaults(func=run)
 
@@ -59,11 +68,47 @@ def run(args: argparse.Namespace) -> int:
         min_segments=settings.compact_min_segments,
         gc_grace_s=settings.gc_grace_s,
     )
-    for shard in args.shard or range(settings.num_shards):
-        result = compactor.compact(shard, force=args.force)
-        print(
-            f"shard {shard}: merged {len(result.merged)} segments -> {result.new_segment or '-'} "
-            f"({result.vectors} vectors, {result.dropped} deleted dropped, "
-            f"{len(result.garbage)} files collected)"
-        )
+    shards = args.shard or list(range(settings.num_shards))
+    if args.every <= 0:
+        for shard in shards:
+            _report(compactor.compact(shard, force=args.force))
+        return 0
+    return _keep_compacting(compactor, shards, args.every, force=args.force)
+
+
+def _report(result: Any) -> None:
+    print(
+        f"shard {result.shard}: merged {len(result.merged)} segments -> {result.new_segment or '-'} "
+        f"({result.vectors} vectors, {result.dropped} deleted dropped, "
+        f"{len(result.garbage)} files collected)",
+        flush=True,
+    )
+
+
+def _keep_compacting(compactor: Any, shards: list[int], every_s: float, *, force: bool) -> int:
+    """Rounds until SIGTERM/SIGINT; a failed round (database or store unreachable) is logged and
+    the next one tries again. Stopping between rounds or killing mid-compaction is equally safe."""
+    import logging
+    import signal
+    import threading
+
+    from mediasearch.errors import MediaSearchError
+
+    log = logging.getLogger("mediasearch.compact")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"compacting shards {shards} every {every_s:g}s; Ctrl-C stops", flush=True)
+    while not stop.is_set():
+        for shard in shards:
+            if stop.is_set():
+                break
+            try:
+                result = compactor.compact(shard, force=force)
+            except MediaSearchError as exc:
+                log.warning("compacting shard %d failed, retrying next round: %s", shard, exc)
+                continue
+            if result.merged or result.garbage:
+                _report(result)
+        stop.wait(every_s)
     return 0

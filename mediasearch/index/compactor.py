@@ -12,6 +12,7 @@ manifest is never inconsistent, so a restart simply runs again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -103,13 +104,28 @@ class Compactor:
 
     def _pick(self, segments: tuple[SegmentRecord, ...], force: bool) -> list[SegmentRecord]:
         """Small segments of the shard's dominant model version (a model change is a reindex,
-        never a merge of incompatible vectors)."""
+        never a merge of incompatible vectors), of one size tier.
+
+        Size-tiered, as LSM stores do: segments are grouped by ``log_{min_segments}(count)`` and
+        the smallest tier with ``min_segments`` members is merged, into a segment of the next tier.
+        Merging every small segment each time would rebuild the whole shard whenever the indexer
+        commits a few more images (quadratic work under steady ingestion); tiers merge each vector
+        about log(N) times, and leave at most ``min_segments - 1`` segments per tier. ``force``
+        merges all of them (to apply deletes everywhere)."""
         small = [s for s in segments if s.count < self.large_count]
         if not small:
             return []
         version = Counter(s.model_version for s in small).most_common(1)[0][0]
         small = [s for s in small if s.model_version == version]
-        return small if (force or len(small) >= self.min_segments) else []
+        if force:
+            return small
+        tiers: dict[int, list[SegmentRecord]] = {}
+        for record in small:
+            tiers.setdefault(size_tier(record.count, self.min_segments), []).append(record)
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= self.min_segments:
+                return tiers[tier]
+        return []
 
     def _load(
         self, inputs: list[SegmentRecord], tombstones: np.ndarray
@@ -156,6 +172,11 @@ class Compactor:
             log.info("deleting orphan %s", entry.uri)
             self.store.delete(entry.uri)
         return [r.segment_id for r in retired] + [e.segment_id for e in orphans]
+
+
+def size_tier(count: int, fanout: int) -> int:
+    """0 for 1..fanout-1 vectors, 1 for fanout..fanout**2-1, and so on."""
+    return int(math.log(max(count, 1), fanout) + 1e-9)
 
 
 def _stage(name: str, shard: int, detail: str = "") -> None:

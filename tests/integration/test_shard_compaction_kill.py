@@ -101,3 +101,46 @@ def test_compaction_killed_at_any_point_restarts_into_a_consistent_complete_inde
     q = clustered(20, d=64, seed=8)
     _, found = shard.search(q, SearchParams(k=10, nprobe=256, ef_search=256))
     np.testing.assert_array_equal(found, brute_force(x, ids, q, 10, excluded=deleted)[1])
+
+
+def _live(sessions: sessionmaker[Session]) -> list[int]:
+    with sessions() as s:
+        return [r.count for r in load_shard_manifest(s, 0).segments]
+
+
+def _wait_for(predicate: object, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    sessions, store, _, _, deleted = _setup(tmp_path)
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    cmd = [sys.executable, "-m", "mediasearch.cli", "compact", "--every", "0.2", "--shard", "0",
+           "--min-segments", "2", "--gc-grace", "0", "--database-url", db,
+           "--store-url", store.root.as_uri()]  # fmt: skip
+    env = {**os.environ, "MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        _wait_for(lambda: len(_live(sessions)) == 1)  # the six equal segments, merged
+        big = _live(sessions)[0]
+        assert big == N - len(deleted)
+        # the indexer commits two small batches: they merge with each other, not into the big one
+        more = clustered(600, d=64, seed=8)
+        add_segment(sessions, store, more[:300], np.arange(N, N + 300))
+        add_segment(sessions, store, more[300:], np.arange(N + 300, N + 600))
+        _wait_for(lambda: sorted(_live(sessions)) == [600, big])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "compacting shards [0] every 0.2s" in out and "merged 2 segments" in out
+    served, live = _served_ids(sessions, store)
+    assert live == 2
+    np.testing.assert_array_equal(served, np.setdiff1d(np.arange(N + 600), deleted))

@@ -83,3 +83,18 @@ def test_garbage_collection_spares_unpublished_segments_younger_than_the_grace_p
     staged = stage_segment(store, clustered(50), np.arange(50), shard=0, model_version="m", config=CONFIG)
     assert Compactor(sessions, store, CONFIG, gc_grace_s=3600).collect_garbage() == []
     assert Compactor(sessions, store, CONFIG, gc_grace_s=0).collect_garbage() == [staged.segment_id]
+
+
+def test_compaction_merges_one_size_tier_at_a_time_and_leaves_big_segments_alone(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x = clustered(3000, seed=3)
+    add_segment(sessions, store, x[:2500], np.arange(2500), config=CONFIG)  # an earlier merge
+    for i in range(2500, 3000, 100):  # five batches since
+        add_segment(sessions, store, x[i : i + 100], np.arange(i, i + 100), config=CONFIG)
+    result = Compactor(sessions, store, CONFIG, min_segments=4, gc_grace_s=0).compact(0)
+    assert len(result.merged) == 5 and result.vectors == 500
+    with sessions() as s:
+        assert sorted(r.count for r in load_shard_manifest(s, 0).segments) == [500, 2500]
+    assert Compactor(sessions, store, CONFIG, min_segments=4).compact(0).merged == ()  # tiers 4 and 5
+    assert len(Compactor(sessions, store, CONFIG, min_segments=4).compact(0, force=True).merged) == 2
