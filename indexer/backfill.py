@@ -24,7 +24,7 @@ from indexer.sqs import aws_client
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.images_repo import known_versions
+from mediasearch.metadata.images_repo import known_versions, recorded_keys
 from mediasearch.metadata.models import PENDING
 from mediasearch.settings import Settings
 
@@ -50,6 +50,7 @@ class ListingSource(ListedSource):
         self.sessions = sessions
         self.listed = 0
         self.already = 0
+        self.keys: set[str] = set()
 
     def list_missing(self) -> int:
         """List the prefix; returns how many objects are missing from the index."""
@@ -61,6 +62,7 @@ class ListingSource(ListedSource):
                     known = known_versions(session, self.bucket, [o["Key"] for o in objects])
                 for obj in objects:
                     self.listed += 1
+                    self.keys.add(obj["Key"])
                     etag = clean_etag(obj.get("ETag"))
                     status = known.get((obj["Key"], etag or ""))
                     if status is not None and status != PENDING:
@@ -85,15 +87,24 @@ async def abackfill(
     *,
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
+    prune: bool = False,
 ) -> IndexReport:
-    """Index the objects under ``s3://bucket/prefix`` that the database has not recorded yet."""
+    """Index the objects under ``s3://bucket/prefix`` that the database has not recorded yet; with
+    ``prune``, also remove from the index the keys under the prefix that the bucket no longer holds
+    (ObjectRemoved notifications that never arrived, e.g. before the queue was configured)."""
     bucket, prefix = parse_s3_url(url)
     client = aws_client("s3", settings.s3_endpoint_url, pool=settings.indexer_fetch_concurrency + 4)
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
-        source = ListingSource(client, bucket, prefix, session_factory(engine))
+        sessions = session_factory(engine)
+        source = ListingSource(client, bucket, prefix, sessions)
         await asyncio.to_thread(source.list_missing)
+        if prune:
+            with sessions() as session:
+                recorded = await asyncio.to_thread(recorded_keys, session, bucket, prefix)
+            pruned = source.add_removals(bucket, recorded - source.keys)
+            log.info("backfill: %d recorded keys no longer in the bucket, removing them", pruned)
     finally:
         engine.dispose()
     fetcher = S3Fetcher(client, max_bytes=settings.max_image_bytes)
@@ -101,7 +112,12 @@ async def abackfill(
 
 
 def backfill(
-    settings: Settings, url: str, *, encoder: Encoder | None = None, progress: ProgressCallback | None = None
+    settings: Settings,
+    url: str,
+    *,
+    encoder: Encoder | None = None,
+    progress: ProgressCallback | None = None,
+    prune: bool = False,
 ) -> IndexReport:
     """Blocking :func:`abackfill`."""
-    return asyncio.run(abackfill(settings, url, encoder=encoder, progress=progress))
+    return asyncio.run(abackfill(settings, url, encoder=encoder, progress=progress, prune=prune))

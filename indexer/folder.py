@@ -4,6 +4,7 @@ Every image file under the folder (by extension, hidden files skipped) is one ob
 is ``MEDIASEARCH_INDEXER_LOCAL_BUCKET`` (``local``) or ``--bucket``, the key its path relative to
 the folder, the ETag the SHA-256 of its content. Running it again indexes only what is new or
 changed (a changed file is a new version: it replaces the old one); use one bucket name per folder.
+With ``prune``, files the bucket's rows name and the folder no longer holds are removed too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from indexer.service import run_pipeline
 from indexer.source import Delivery, ListedSource
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import NotFound
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.images_repo import recorded_keys
 from mediasearch.settings import Settings
 
 IMAGE_SUFFIXES = frozenset(
@@ -47,9 +50,9 @@ class FolderSource(ListedSource):
         self.root = Path(root)
         if not self.root.is_dir():
             raise NotFound(f"{root} is not a folder")
-        self._pending = deque(
-            Delivery([ObjectEvent("created", bucket, key)], token=key) for key in image_files(root)
-        )
+        self.bucket = bucket
+        self.keys = image_files(root)
+        self._pending = deque(Delivery([ObjectEvent("created", bucket, key)], token=key) for key in self.keys)
         self.total = len(self._pending)
 
 
@@ -60,12 +63,27 @@ async def aindex_folder(
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
     bucket: str | None = None,
+    prune: bool = False,
 ) -> IndexReport:
     """:func:`index_folder` for callers already inside an event loop (e.g. an async gateway)."""
     root = Path(path)
     source = FolderSource(root, bucket or settings.indexer_local_bucket)
+    if prune:
+        await asyncio.to_thread(_queue_removals, settings, source)
     fetcher = FileFetcher(root, max_bytes=settings.max_image_bytes)
     return await run_pipeline(settings, source, fetcher, encoder=encoder, progress=progress)
+
+
+def _queue_removals(settings: Settings, source: FolderSource) -> int:
+    """Removals for the files the bucket's rows name and the folder no longer holds."""
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        with session_factory(engine)() as session:
+            recorded = recorded_keys(session, source.bucket)
+    finally:
+        engine.dispose()
+    return source.add_removals(source.bucket, recorded - set(source.keys))
 
 
 def index_folder(
@@ -75,6 +93,7 @@ def index_folder(
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
     bucket: str | None = None,
+    prune: bool = False,
 ) -> IndexReport:
     """Index every image file under ``path`` into the database and segment store of ``settings``.
 
@@ -90,5 +109,10 @@ def index_folder(
       (:class:`indexer.progress.ProgressBar` draws a bar on stderr).
     - ``bucket``: the bucket name recorded in the images rows (default
       ``settings.indexer_local_bucket``, ``local``); keys are paths relative to ``path``.
+    - ``prune``: also remove from the index the files of ``bucket`` that are no longer in the
+      folder (their rows become REMOVED, their vectors tombstoned). The folder must then be the
+      only one indexed under that bucket name.
     """
-    return asyncio.run(aindex_folder(settings, path, encoder=encoder, progress=progress, bucket=bucket))
+    return asyncio.run(
+        aindex_folder(settings, path, encoder=encoder, progress=progress, bucket=bucket, prune=prune)
+    )

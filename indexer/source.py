@@ -78,6 +78,14 @@ class ListedSource(Source):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         pass
 
+    def add_removals(self, bucket: str, keys: Iterable[str]) -> int:
+        """Queue an ObjectRemoved for each key (``--prune``: recorded, but no longer listed). The
+        pipeline handles them like S3's own: a key re-created since the listing is kept."""
+        removals = [Delivery([ObjectEvent("removed", bucket, key)], token=key) for key in sorted(keys)]
+        self._pending.extend(removals)
+        self.total = getattr(self, "total", 0) + len(removals)
+        return len(removals)
+
 
 class MemorySource(Source):
     """In-process fake: deliveries from a list; acked and retried ones are recorded for asserts."""

@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("url", help="s3://bucket or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MEDIASEARCH_S3_ENDPOINT_URL)")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove from the index the keys under the prefix that the bucket no longer holds",
+    )
     add_common(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -30,4 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from indexer.backfill import backfill
 
     settings = settings_from(args, s3_endpoint_url=args.s3_endpoint_url)
-    return run_with_progress(args, "backfill", lambda bar: backfill(settings, args.url, progress=bar))
+    return run_with_progress(
+        args, "backfill", lambda bar: backfill(settings, args.url, progress=bar, prune=args.prune)
+    )

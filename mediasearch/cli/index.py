@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--bucket", help="bucket name recorded for these files (MEDIASEARCH_INDEXER_LOCAL_BUCKET)")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove from the index the files of this bucket that are no longer in FOLDER "
+        "(index only this folder under that bucket name)",
+    )
     add_common(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -32,5 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     return run_with_progress(
-        args, "indexing", lambda bar: index_folder(settings, args.folder, progress=bar, bucket=args.bucket)
+        args,
+        "indexing",
+        lambda bar: index_folder(settings, args.folder, progress=bar, bucket=args.bucket, prune=args.prune),
     )

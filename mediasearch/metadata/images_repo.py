@@ -137,6 +137,20 @@ def status_of(session: Session, bucket: str, key: str, etag: str) -> str | None:
         )
 
 
+def recorded_keys(session: Session, bucket: str, prefix: str = "") -> set[str]:
+    """Keys under ``prefix`` in ``bucket`` with an INDEXED or FAILED version (what ``--prune``
+    compares with a listing)."""
+    query = (
+        select(ImageRow.key)
+        .distinct()
+        .where(ImageRow.bucket == bucket, ImageRow.status.in_((INDEXED, FAILED)))
+    )
+    if prefix:
+        query = query.where(ImageRow.key.startswith(prefix, autoescape=True))
+    with translated("reading recorded keys"):
+        return set(session.scalars(query))
+
+
 def known_versions(session: Session, bucket: str, keys: Sequence[str]) -> dict[tuple[str, str], str]:
     """``{(key, etag): status}`` of every row of these keys in ``bucket`` (one query)."""
     if not keys:

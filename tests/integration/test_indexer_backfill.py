@@ -74,3 +74,15 @@ def test_backfill_killed_midway_resumes_and_later_runs_index_only_new_objects(
     assert sorted(indexed) == [f"archive/{i:03d}.jpg" for i in range(45)]
     served = served_ids(sessions, store_of(settings), settings.num_shards)
     assert sorted(served) == sorted(indexed.values()) and set(served.values()) == {1}
+
+    # objects deleted while no notification reached the indexer: --prune takes them out
+    for i in (3, 17, 44):
+        bucket.s3.delete_object(Bucket=bucket.name, Key=f"archive/{i:03d}.jpg")
+    bucket.s3.delete_object(Bucket=bucket.name, Key="elsewhere/skip-me.jpg")  # outside the prefix
+    assert backfill(settings, f"s3://{bucket.name}/archive/").removed == 0
+    pruned = backfill(settings, f"s3://{bucket.name}/archive/", prune=True)
+    assert (pruned.removed, pruned.indexed) == (3, 0)  # the 42 still there are not even listed as work
+    kept = {r.key: r.id for r in rows(sessions) if r.status == INDEXED}
+    assert sorted(kept) == [f"archive/{i:03d}.jpg" for i in range(45) if i not in (3, 17, 44)]
+    served = served_ids(sessions, store_of(settings), settings.num_shards)
+    assert sorted(served) == sorted(kept.values())

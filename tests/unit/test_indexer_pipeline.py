@@ -120,6 +120,31 @@ def test_running_again_indexes_nothing_twice_and_a_changed_file_replaces_its_old
     assert old["p2.jpg"] not in served and set(served.values()) == {1} and len(served) == 6
 
 
+def test_prune_removes_the_files_gone_from_the_folder_and_only_with_prune(
+    settings: Settings, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    write(photos, {f"p{i}.jpg": scene_bytes(i) for i in range(6)} | {"broken.jpg": b"not an image"})
+    first = index_folder(settings, photos)
+    assert (first.indexed, first.failed) == (6, 1)
+    sessions = sessions_for(settings.database_url)
+    ids = {r.key: r.id for r in rows(sessions)}
+    for name in ("p1.jpg", "p4.jpg", "broken.jpg"):
+        (photos / name).unlink()
+
+    plain = index_folder(settings, photos)  # without --prune the index keeps them
+    assert (plain.removed, plain.skipped) == (0, 4)
+    assert len(served_ids(sessions, store_of(settings), settings.num_shards)) == 6
+
+    pruned = index_folder(settings, photos, prune=True)
+    assert (pruned.removed, pruned.indexed, pruned.skipped) == (3, 0, 4)
+    by_key = {r.key: r for r in rows(sessions)}
+    assert {k for k, r in by_key.items() if r.status == REMOVED} == {"p1.jpg", "p4.jpg", "broken.jpg"}
+    served = served_ids(sessions, store_of(settings), settings.num_shards)
+    assert sorted(served) == sorted(ids[f"p{i}.jpg"] for i in (0, 2, 3, 5))
+    assert index_folder(settings, photos, prune=True).removed == 0  # nothing left to prune
+
+
 def run_events(
     settings: Settings, folder: Path, batches: list[list[ObjectEvent]], **kw: object
 ) -> MemorySource:
