@@ -57,6 +57,7 @@ class ClusterOptions:
     free_ports: bool = False  # every port chosen free (tests); else the documented defaults
     gateway_port: int = 50051
     metrics_port: int = 9108
+    indexer_metrics_port: int = 9109
     shard_base_port: int = 7001
     moto_port: int = 5055
     triton_ports: tuple[int, int, int] = (8000, 8001, 8002)
@@ -94,6 +95,7 @@ class DevCluster:
         o.workdir.mkdir(parents=True, exist_ok=True)
         port = lambda p: free_port() if o.free_ports else p  # noqa: E731
         moto_port, gateway_port, metrics_port = port(o.moto_port), port(o.gateway_port), port(o.metrics_port)
+        indexer_metrics_port = port(o.indexer_metrics_port)
         shard_ports = [port(o.shard_base_port + s) for s in range(o.num_shards)]
         try:
             endpoint = self._start_moto(moto_port)
@@ -131,7 +133,7 @@ class DevCluster:
             for s, p in enumerate(shard_ports):
                 self._spawn(f"shard-{s}", ["shard-server", "--shard", str(s), "--port", str(p)], env)
             if o.indexer:
-                self._spawn("indexer", ["indexer"], env)
+                self._spawn("indexer", ["indexer", "--metrics-port", str(indexer_metrics_port)], env)
                 # merges the indexer's small per-batch segments as they accumulate
                 self._spawn("compactor", ["compact", "--every", "10"], env)
             self._spawn("gateway", ["serve"], env)
@@ -142,6 +144,7 @@ class DevCluster:
         self.info = {
             "gateway": f"127.0.0.1:{gateway_port}",
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            "indexer_metrics": f"http://127.0.0.1:{indexer_metrics_port}/metrics" if o.indexer else None,
             "shards": [f"127.0.0.1:{p}" for p in shard_ports],
             "triton": self.triton.grpc_url,
             "s3_endpoint": endpoint,

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,14 @@ def test_an_image_put_into_s3_is_returned_by_search_text_within_seconds(cluster:
 
     _wait("the new image in SearchText", found, 15)
     assert time.monotonic() - put < 15
+    with urllib.request.urlopen(cluster.info["indexer_metrics"], timeout=5) as response:
+        metrics = response.read().decode()
+    indexed = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('mediasearch_indexer_images_total{outcome="indexed"}')
+    ]
+    assert indexed and float(indexed[0].split()[-1]) >= 1, metrics[:2000]
 
 
 def test_a_semantic_query_returns_matching_scenes(cluster: Cluster) -> None:
