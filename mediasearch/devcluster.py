@@ -158,7 +158,10 @@ class DevCluster:
         return self.info
 
     def pids(self) -> dict[str, int]:
-        return {name: c.proc.pid for name, c in self.children.items() if c.proc is not None}
+        pids = {name: c.proc.pid for name, c in self.children.items() if c.proc is not None}
+        if self.triton is not None and self.triton.pid is not None:
+            pids["triton"] = self.triton.pid
+        return pids
 
     def write_info(self) -> None:
         self.info["pids"] = self.pids()
@@ -214,6 +217,7 @@ class DevCluster:
                     self.triton.start()
                 except MediaSearchError as exc:
                     log.error("triton did not restart: %s (searches answer UNAVAILABLE)", exc)
+                self.write_info()
 
     def request_stop(self) -> None:
         self._stopping.set()

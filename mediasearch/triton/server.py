@@ -101,9 +101,14 @@ class LocalTriton:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalTriton:
-        """Start the server and return once ``/v2/health/ready`` answers 200 (all models loaded)."""
-        if self._proc is not None:
+        """Start the server and return once ``/v2/health/ready`` answers 200 (all models loaded).
+
+        After the process died (a crash, a kill), starting again restarts it on the same ports, so
+        clients that hold its address reconnect by themselves."""
+        if self.running():
             return self
+        if self._proc is not None:  # it died: release what it left, keep its ports
+            self.stop()
         self.manifest = check_repository(self.options.repository, self.options.name, self.options.flavour)
         self._work_dir = Path(tempfile.mkdtemp(prefix="mediasearch-triton-"))
         try:
@@ -152,7 +157,12 @@ class LocalTriton:
         o = self.options
         install = resolve_install(self._work_dir, o.binary, o.backend_directory)
         self.http_port, self.grpc_port, self.metrics_port = _pick_ports(
-            o.host, (o.http_port, o.grpc_port, o.metrics_port)
+            o.host,
+            (
+                self.http_port or o.http_port,
+                self.grpc_port or o.grpc_port,
+                self.metrics_port or o.metrics_port,
+            ),
         )
         args = [
             str(install.binary),

@@ -25,6 +25,7 @@ import pytest
 from index_support import postgres_available, postgres_database
 
 from mediasearch.client import SearchClient
+from mediasearch.errors import Unavailable
 from mediasearch.scenes import GalleryItem, label_matches, parse_query, read_gallery, write_gallery
 
 AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -167,6 +168,27 @@ def test_search_is_partial_while_a_shard_server_is_stopped_and_full_after_it_res
         return not response.partial and len(response.results) == 10
 
     _wait("full results after the restart", full, 30)
+
+
+def test_search_is_unavailable_while_the_encoder_is_down_and_works_again_after_its_restart(
+    cluster: Cluster,
+) -> None:
+    _wait("the gallery indexed", lambda: _indexed(cluster) >= len(cluster.gallery), 60)
+    text = "a small shape"
+    assert cluster.client.search_text(text).results
+    pid = cluster.info["pids"]["triton"]
+    os.kill(pid, signal.SIGKILL)  # the supervisor restarts it; meanwhile nothing encodes
+    with pytest.raises(Unavailable, match="Triton"):
+        cluster.client.search_text(text)
+    _wait("triton restarted", lambda: cluster.info["pids"].get("triton") not in (None, pid), 30)
+
+    def answered() -> bool:
+        try:
+            return bool(cluster.client.search_text(text).results)
+        except Unavailable:
+            return False
+
+    _wait("searches answered again", answered, 60)
 
 
 def test_ctrl_c_stops_every_process_of_the_cluster(cluster: Cluster) -> None:

@@ -62,6 +62,25 @@ def test_triton_stop_leaves_no_process_port_or_shared_memory_behind(tiny_reposit
     assert not list(SHM_DIR.glob(f"{prefix}*"))
 
 
+def test_a_killed_triton_starts_again_on_the_same_ports(tiny_repository: Path) -> None:
+    server = LocalTriton(TritonOptions(tiny_repository, ort_threads=1)).start()
+    try:
+        pid, ports = server.pid, (server.http_port, server.grpc_port, server.metrics_port)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.start()  # what the `make up` supervisor does
+        assert server.running() and server.pid != pid
+        assert (server.http_port, server.grpc_port, server.metrics_port) == ports
+        with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        server.stop()
+
+
 def test_triton_start_fails_naming_the_model_when_one_cannot_load(
     tiny_repository: Path, tmp_path: Path
 ) -> None:
