@@ -19,6 +19,11 @@ _COMMANDS = (
     "serve", "query", "up", "demo",
 )  # fmt: skip
 
+# Libraries that log their internals at INFO: faiss's loader prints a "Could not load library ...
+# ModuleNotFoundError" line for every SIMD variant it probes before loading the dynamic-dispatch
+# build, which reads like a failure; alembic lists its plugins at every start. -v shows them.
+_CHATTY = ("faiss.loader", "alembic.runtime.plugins", "alembic.runtime.migration")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -41,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except MediaSearchError as exc:
