@@ -21,6 +21,7 @@ import abc
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
@@ -72,7 +73,7 @@ class PgImageReader(ImageReader):
         self._conninfo = parsed.render_as_string(hide_password=False)
         self._where = parsed.render_as_string(hide_password=True)
         self._connect_timeout_s = connect_timeout_s
-        self._idle: list[psycopg.AsyncConnection[tuple[object, ...]]] = []
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
 
@@ -83,18 +84,35 @@ class PgImageReader(ImageReader):
         if self._closed:
             raise Unavailable("the metadata reader is closed")
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
-            try:
-                cursor = await connection.execute(_BY_ID, (wanted,), prepare=True)
-                rows = await cursor.fetchall()
-            except psycopg.Error as exc:
-                await connection.close()  # never reuse a connection in an unknown state
-                raise Unavailable(f"reading image metadata from {self._where}: {exc}") from exc
-            self._idle.append(connection)
+            rows = await self._read(wanted)
         records = (ImageRecord.from_row(row) for row in rows)
         return {r.image_id: r for r in records if r.status == INDEXED}
 
-    async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    async def _read(self, wanted: list[int]) -> list[Any]:
+        """The rows, on an idle connection or a new one. A pooled connection that the server (a
+        restart, a proxy's idle timeout) dropped while it sat idle fails with OperationalError:
+        the read is idempotent, so it is tried once more on a new connection."""
+        while True:
+            pooled = bool(self._idle)
+            connection = self._idle.pop() if pooled else await self._connect()
+            try:
+                cursor = await connection.execute(_BY_ID, (wanted,), prepare=True)
+                rows = await cursor.fetchall()
+            except BaseException as exc:
+                await connection.close()  # never reuse a connection in an unknown state
+                if pooled and isinstance(exc, psycopg.OperationalError):
+                    log.info("metadata connection to %s was dropped (%s); reconnecting", self._where, exc)
+                    stale, self._idle = self._idle, []  # the others were probably dropped with it
+                    for other in stale:
+                        await other.close()
+                    continue
+                if isinstance(exc, psycopg.Error):
+                    raise Unavailable(f"reading image metadata from {self._where}: {exc}") from exc
+                raise
+            self._idle.append(connection)
+            return rows
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
         try:
             return await psycopg.AsyncConnection.connect(
                 self._conninfo,
