@@ -27,8 +27,8 @@ from gateway.admission import Admission
 from gateway.filters import Filters
 from gateway.locator import ImageLocator
 from gateway.paging import PageToken, decode_token, encode_token, fingerprint
+from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import Encoder
-from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Unavailable
 from mediasearch.index.router import Router
 from mediasearch.index.shard import SearchParams

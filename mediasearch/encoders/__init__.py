@@ -7,8 +7,8 @@
 :func:`create_encoder` picks one from the settings.
 """
 
+from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import Encoder, ExportedModelEncoder, ImageEmbeddings, ImageLimits
-from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.encoders.fake import FakeEncoder
 from mediasearch.encoders.local import BatchingOptions, LocalEncoder

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import Encoder, ImageLimits, empty_embeddings
-from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.text_batches import split_by_length
 from mediasearch.errors import InvalidInput, ModelError
 from mediasearch.preprocess.image import ImageSpec

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
-from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.text_batches import pad_rows, split_by_length
 from mediasearch.errors import ModelError
 from mediasearch.manifest import ServingSpec
@@ -32,7 +32,7 @@ Vector = NDArray[np.float32]
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    """Micro-batching of the in-process encoder (see :mod:`mediasearch.encoders.batcher`)."""
+    """Micro-batching of the in-process encoder (see :mod:`mediasearch.batcher`)."""
 
     max_batch: int = 32
     max_wait_s: float = 0.002

@@ -39,9 +39,9 @@ import tritonclient.grpc.aio as grpcaio
 from numpy.typing import NDArray
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders._triton_rpc import call_with_retries, config_differences, mismatch
 from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
-from mediasearch.encoders.batcher import MicroBatcher
 from mediasearch.encoders.text_batches import bucket_groups, pad_rows
 from mediasearch.errors import DeadlineExceeded, Unavailable
 from mediasearch.manifest import ServingSpec

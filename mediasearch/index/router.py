@@ -5,7 +5,12 @@ One async interface, two transports: :class:`GrpcRouter` (shard servers, cluster
 both. Every search has a deadline; each shard's replicas are tried in turn within it. A shard that
 no replica answers either fails the search (Unavailable) or, with ``allow_partial``, is left out
 and the result is flagged partial. Merging uses score desc, id asc everywhere (``merge_topk``).
-Concurrent searches with equal parameters are coalesced into shared fan-outs (``coalesce.py``).
+Concurrent searches with equal parameters are coalesced into shared fan-outs: every fan-out costs
+one RPC per shard, and on a small CPU budget the RPC overhead (serialise, syscalls, thread hand-off
+on the server) is comparable to the FAISS work itself. Searches that arrive while two fan-outs run
+wait and leave together in the next one (one RPC per shard carries them all, and FAISS searches
+them in one call); one that arrives when a slot is free leaves at once, so an idle router adds no
+latency. The micro-batcher is the project's one (:class:`mediasearch.batcher.MicroBatcher`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from mediasearch.batcher import MicroBatcher
 from mediasearch.errors import ConfigError, DeadlineExceeded, InvalidInput, MediaSearchError, Unavailable
-from mediasearch.index.coalesce import Coalescer
 from mediasearch.index.merge import NO_ID, merge_topk
 from mediasearch.index.shard import SearchParams, Shard
 from mediasearch.rpc import from_rpc_error
@@ -31,6 +36,8 @@ from mediasearch.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRYABLE = (Unavailable, DeadlineExceeded)
+_MAX_ROWS = 64  # queries per coalesced fan-out
+Hits = tuple[np.ndarray, np.ndarray, tuple[int, ...]]  # (scores, ids, missing shards)
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
@@ -58,7 +65,16 @@ class Router(abc.ABC):
         self.num_shards = num_shards
         self.deadline_s = deadline_s
         self.allow_partial = allow_partial
-        self._coalescer = Coalescer(self._fan_out) if coalesce else None
+        self._batcher: MicroBatcher[_Search, Hits] | None = None
+        if coalesce:
+            self._batcher = MicroBatcher(
+                self._fan_out_many,
+                max_batch=_MAX_ROWS,
+                max_wait_s=0.0,
+                max_inflight=2,
+                split=_same_parameters,
+                name="router fan-outs",
+            )
 
     async def search(
         self,
@@ -73,15 +89,27 @@ class Router(abc.ABC):
             raise InvalidInput(f"queries must be a non-empty (n, d) array; got {queries.shape}")
         deadline = asyncio.get_running_loop().time() + (deadline_s or self.deadline_s)
         key = (params, model_version, queries.shape[1])
-        if self._coalescer is None:
+        if self._batcher is None:
             scores, ids, missing = await self._fan_out(queries, key, deadline)
         else:
-            scores, ids, missing = await self._coalescer.submit(queries, key, deadline)
+            ((scores, ids, missing),) = await self._batcher.submit([_Search(queries, key, deadline)])
         return RouterResult(scores, ids, bool(missing), missing)
 
-    async def _fan_out(
-        self, queries: np.ndarray, key: tuple[object, ...], deadline: float
-    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    async def _fan_out_many(self, searches: list[_Search]) -> list[Hits]:
+        """One fan-out for searches of equal parameters (``_same_parameters`` grouped them), split
+        back per search; it runs within the earliest of their deadlines."""
+        queries = np.concatenate([s.queries for s in searches]) if len(searches) > 1 else searches[0].queries
+        scores, ids, missing = await self._fan_out(
+            queries, searches[0].key, min(s.deadline for s in searches)
+        )
+        out, row = [], 0
+        for s in searches:
+            n = len(s.queries)
+            out.append((scores[row : row + n], ids[row : row + n], missing))
+            row += n
+        return out
+
+    async def _fan_out(self, queries: np.ndarray, key: tuple[object, ...], deadline: float) -> Hits:
         params, model_version = key[0], key[1]
         assert isinstance(params, SearchParams) and isinstance(model_version, str)
         calls = [
@@ -108,8 +136,10 @@ class Router(abc.ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) from one shard, or Unavailable/DeadlineExceeded."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release transports."""
+    async def close(self) -> None:
+        """Release transports (implementations call this too)."""
+        if self._batcher is not None:
+            await self._batcher.close()
 
 
 class LocalRouter(Router):
@@ -190,10 +220,32 @@ class GrpcRouter(Router):
         raise last
 
     async def close(self) -> None:
+        await super().close()
         for channel in self._channels:
             await channel.close()
         self._channels.clear()
         self._stubs.clear()
+
+
+@dataclass(frozen=True)
+class _Search:
+    queries: np.ndarray
+    key: tuple[object, ...]  # (SearchParams, model version, dim): what a shared fan-out must share
+    deadline: float
+
+
+def _same_parameters(searches: list[_Search]) -> list[list[int]]:
+    """Groups of searches that can share a fan-out: equal keys, at most ``_MAX_ROWS`` query rows."""
+    groups: dict[tuple[object, ...], list[list[int]]] = {}
+    rows: dict[tuple[object, ...], int] = {}
+    for i, s in enumerate(searches):
+        parts = groups.setdefault(s.key, [[]])
+        if parts[-1] and rows[s.key] + len(s.queries) > _MAX_ROWS:
+            parts.append([])
+            rows[s.key] = 0
+        parts[-1].append(i)
+        rows[s.key] = rows.get(s.key, 0) + len(s.queries)
+    return [part for parts in groups.values() for part in parts]
 
 
 def _decode(response: object, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:

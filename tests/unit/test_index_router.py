@@ -140,3 +140,24 @@ def test_router_factory_picks_grpc_when_addresses_are_configured_else_in_process
     assert isinstance(make_router(load_settings(), shards), LocalRouter)
     with pytest.raises(ConfigError):
         make_router(load_settings())
+
+
+def test_concurrent_searches_with_different_parameters_never_share_a_fan_out(tmp_path: Path) -> None:
+    x, q = unit_vectors(500, seed=5), unit_vectors(12, seed=6)
+    ids = np.arange(500, dtype=np.int64)
+    router = LocalRouter(_shards(tmp_path, x, ids, 2, {}))
+
+    async def many() -> list[object]:
+        calls = [router.search(row[None, :], SearchParams(k=3 + i % 3)) for i, row in enumerate(q)]
+        calls.append(router.search(q, SearchParams(k=4)))  # a 12-row search among the single rows
+        try:
+            return list(await asyncio.gather(*calls))
+        finally:
+            await router.close()
+
+    results = asyncio.run(many())
+    for i, row in enumerate(q):
+        k = 3 + i % 3
+        assert results[i].ids.shape == (1, k)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(results[i].ids[0], brute_force(x, ids, row[None, :], k)[1][0])  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(results[-1].ids, brute_force(x, ids, q, 4)[1])  # type: ignore[attr-defined]

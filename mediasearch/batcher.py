@@ -1,4 +1,7 @@
-"""An asyncio micro-batcher: concurrent callers share forward passes.
+"""An asyncio micro-batcher: concurrent callers share forward passes (or fan-outs, or queries).
+
+The project's one implementation of the idea: the encoders' forward passes, the router's shard
+fan-outs and the gateway's metadata lookups all go through it.
 
 Callers :meth:`MicroBatcher.submit` their items and await their own results. One worker task takes
 the oldest pending items (up to ``max_batch``) as soon as the batch is full, or ``max_wait_s`` after
