@@ -115,8 +115,8 @@ class SearchEngine:
         self.admission = Admission(self.limits.max_active, self.limits.max_inflight)
         # Concurrent searches finish their fan-outs together (the router coalesces them), so their
         # metadata lookups arrive together too: one query serves all of them (an idle database
-        # runs a lone lookup at once). Each lookup is a thread hop, a round trip and result
-        # parsing, which on a CPU shared with the encoder is time taken from the encoder.
+        # runs a lone lookup at once). Each lookup is a round trip and result parsing, which on a
+        # CPU shared with the encoder is time taken from the encoder.
         self._lookups: MicroBatcher[tuple[int, ...], dict[int, ImageRecord]] = MicroBatcher(
             self._lookup_many, max_batch=64, max_wait_s=0.0, max_inflight=2, name="metadata lookups"
         )

@@ -83,7 +83,7 @@ class ListedSource(Source):
         pipeline handles them like S3's own: a key re-created since the listing is kept."""
         removals = [Delivery([ObjectEvent("removed", bucket, key)], token=key) for key in sorted(keys)]
         self._pending.extend(removals)
-        self.total = getattr(self, "total", 0) + len(removals)
+        self.total = (self.total or 0) + len(removals)
         return len(removals)
 
 

@@ -56,6 +56,27 @@ def sqlite_sessions(folder: Path) -> sessionmaker[Session]:
 
 
 @contextlib.contextmanager
+def migrated_engine(backend: str, folder: Path) -> Iterator[Engine]:
+    """A migrated engine on ``backend`` ("sqlite": a file in ``folder``; "postgresql": a throwaway
+    database, the test skipped when PostgreSQL is not reachable); disposed afterwards."""
+    import pytest
+
+    if backend == "sqlite":
+        engine = make_engine(f"sqlite:///{folder / 'meta.db'}")
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        yield engine
+        engine.dispose()
+
+
+@contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A throwaway PostgreSQL database (created and dropped here); yields its URL."""
     name = f"mediasearch_test_{uuid.uuid4().hex[:10]}"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mediasearch.index.compactor import CompactionResult, Compactor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     return _keep_compacting(compactor, shards, args.every, force=args.force)
 
 
-def _report(result: Any) -> None:
+def _report(result: CompactionResult) -> None:
     print(
         f"shard {result.shard}: merged {len(result.merged)} segments -> {result.new_segment or '-'} "
         f"({result.vectors} vectors, {result.dropped} deleted dropped, "
@@ -85,7 +88,7 @@ def _report(result: Any) -> None:
     )
 
 
-def _keep_compacting(compactor: Any, shards: list[int], every_s: float, *, force: bool) -> int:
+def _keep_compacting(compactor: Compactor, shards: list[int], every_s: float, *, force: bool) -> int:
     """Rounds until SIGTERM/SIGINT; a failed round (database or store unreachable) is logged and
     the next one tries again. Stopping between rounds or killing mid-compaction is equally safe."""
     import logging

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from index_support import postgres_available, postgres_database
+from index_support import migrated_engine, postgres_available, postgres_database
 from sqlalchemy import Engine
 
 from mediasearch.errors import Unavailable
@@ -26,19 +26,8 @@ WHEN = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'meta.db'}")
-        migrate(engine)
+    with migrated_engine(request.param, tmp_path) as engine:
         yield engine
-        engine.dispose()
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    with postgres_database() as url:
-        engine = make_engine(url)
-        migrate(engine)
-        yield engine
-        engine.dispose()
 
 
 def _rows(engine: Engine) -> tuple[list[int], int, int]:

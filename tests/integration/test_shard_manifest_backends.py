@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from index_support import MODEL, postgres_available, postgres_database
+from index_support import MODEL, migrated_engine, postgres_available, postgres_database
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,19 +25,8 @@ from mediasearch.metadata.manifest_repo import (
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'meta.db'}")
-        migrate(engine)
+    with migrated_engine(request.param, tmp_path) as engine:
         yield session_factory(engine)
-        engine.dispose()
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    with postgres_database() as url:
-        engine = make_engine(url)
-        migrate(engine)
-        yield session_factory(engine)
-        engine.dispose()
 
 
 def _rec(sid: str, shard: int = 0) -> SegmentRecord:
