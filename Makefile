@@ -32,10 +32,10 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 
 proto: $(PROTO_STAMP)  ## generate the gRPC stubs from proto/ into mediasearch/_proto
 
-lint: $(STAMP) proto  ## ruff + mypy
-	$(BIN)/ruff check mediasearch export indexer tests bench
-	$(BIN)/ruff format --check mediasearch export indexer tests bench
-	$(BIN)/mypy
+lint: $(STAMP) proto  ## ruff (every Python folder) + mypy (the whole namespace, services included)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m mediasearch.dev.typecheck
 
 test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)
 	$(BIN)/pytest
@@ -56,10 +56,10 @@ export: $(STAMP)  ## export MODEL (hub id or folder) into OUT as NAME
 	$(BIN)/mediasearch export --model $(MODEL) --out $(OUT) --name $(NAME)
 
 train-micro: $(STAMP)  ## train the offline micro CLIP into export/micro/model (CPU; run it on a quiet machine)
-	$(BIN)/python -m export.micro.train --out export/micro/model --seed 0
+	$(BIN)/python -m mediasearch.export.micro.train --out export/micro/model --seed 0
 
 eval-micro: $(STAMP)  ## precision@10 of the exported micro CLIP (ONNX, serving encoder) on a held-out gallery vs a random floor
-	$(BIN)/python -m export.micro.evaluate --model export/micro/model --onnx
+	$(BIN)/python -m mediasearch.export.micro.evaluate --model export/micro/model --onnx
 
 bench-encode-local: $(STAMP)  ## ONNX Runtime latency of the ViT-B/32-shaped export on this machine
 	$(BIN)/python -m bench.encode_local

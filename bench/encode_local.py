@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.models import vitb32_repository
-from mediasearch.manifest import ModelManifest
+from mediasearch.model_manifest import ModelManifest
 
 
 def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:

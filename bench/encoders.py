@@ -39,12 +39,12 @@ import numpy as np
 
 from bench._queries import make_queries
 from bench.models import BUILD, vitb32_repository
+from mediasearch.dev.triton import LocalTriton, TritonOptions
 from mediasearch.encoders import Encoder, LocalEncoder, TritonEncoder
 from mediasearch.encoders.local import BatchingOptions
 from mediasearch.encoders.triton import TritonClientOptions
-from mediasearch.manifest import MANIFEST_SUFFIX, TOKENIZER_SUFFIX, ModelManifest
+from mediasearch.model_manifest import MANIFEST_SUFFIX, TOKENIZER_SUFFIX, ModelManifest
 from mediasearch.preprocess import TextTokenizer, prepare_image
-from mediasearch.triton import LocalTriton, TritonOptions
 
 SYSTEMS = ("naive", "local", "triton")
 

@@ -27,15 +27,15 @@ import numpy as np
 
 from bench._index_baselines import BaselineResult, hnswlib_baseline, numpy_brute_force, pgvector_baseline
 from bench._index_data import DataSpec, Generator, ground_truth, recall_at
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.merge import merge_topk
-from mediasearch.index.partition import HashPartitioner
-from mediasearch.index.router import GrpcRouter
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import LocalFolderStore
-from mediasearch.index.writer import stage_segment
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import load_shard_manifest, publish
+from mediasearch.metadata.segment_manifest import load_shard_manifest, publish
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.merge import merge_topk
+from mediasearch.vector_index.partition import HashPartitioner
+from mediasearch.vector_index.router import GrpcRouter
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import LocalFolderStore
+from mediasearch.vector_index.writer import stage_segment
 
 TARGET = 0.95
 K = 10

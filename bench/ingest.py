@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 
 from bench.models import BUILD, vitb32_repository
-from mediasearch.ports import free_port
+from mediasearch.dev.processes import free_port
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -87,8 +87,8 @@ ENCODE_INFLIGHT = 2  # the indexer's PipelineOptions.encode_inflight
 
 
 def images(count: int, size: int, seed: int = 7) -> list[bytes]:
-    from mediasearch.scenes.gallery import encode_scene, scene_rng
-    from mediasearch.scenes.render import render_scene
+    from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
+    from mediasearch.export.micro.scenes.render import render_scene
 
     return [encode_scene(render_scene(scene_rng(seed, i), size)[0]) for i in range(count)]
 
@@ -202,7 +202,7 @@ class Searchable:
 
     def _loop(self) -> None:
         from mediasearch._proto.mediasearch.v1 import shard_pb2
-        from mediasearch.index.segment import load_vectors
+        from mediasearch.vector_index.segment import load_vectors
 
         while not self._stop.is_set():
             self.running.wait()
@@ -389,8 +389,8 @@ def run(args: argparse.Namespace) -> str:
     import boto3
     from botocore.config import Config
 
+    from mediasearch.dev.triton import LocalTriton, TritonOptions
     from mediasearch.metadata.db import make_engine, migrate, session_factory
-    from mediasearch.triton import LocalTriton, TritonOptions
 
     os.environ.update(AWS_ENV)
     repository, exported = vitb32_repository()

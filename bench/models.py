@@ -13,9 +13,9 @@ def vitb32_repository(*, fresh: bool = False) -> tuple[Path, float | None]:
 
     Random weights cost exactly what openai/clip-vit-base-patch32 costs to run (same shapes).
     """
-    from export import export_model
-    from export.random_clip import save_random_clip
-    from mediasearch.manifest import ModelManifest
+    from mediasearch.export import export_model
+    from mediasearch.export.random_clip import save_random_clip
+    from mediasearch.model_manifest import ModelManifest
 
     repo = BUILD / "model_repository"
     if not fresh and ModelManifest.path_in(repo, "clip").is_file():

@@ -48,8 +48,8 @@ from bench._queries import make_queries
 from bench.encoders import NaiveEncoder
 from bench.models import BUILD, vitb32_repository
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
+from mediasearch.dev.triton import LocalTriton, TritonOptions
 from mediasearch.encoders.triton import TritonClientOptions, TritonEncoder
-from mediasearch.triton import LocalTriton, TritonOptions
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SHARDS = 2
@@ -68,12 +68,12 @@ def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
     """Vectors in segments (2 shards) + one images row per vector in PostgreSQL; cached by n."""
     from sqlalchemy import text
 
-    from mediasearch.index.builder import BuildConfig
-    from mediasearch.index.partition import HashPartitioner
-    from mediasearch.index.store import LocalFolderStore
-    from mediasearch.index.writer import stage_segment
     from mediasearch.metadata.db import make_engine, migrate, session_factory
-    from mediasearch.metadata.manifest_repo import publish
+    from mediasearch.metadata.segment_manifest import publish
+    from mediasearch.vector_index.builder import BuildConfig
+    from mediasearch.vector_index.partition import HashPartitioner
+    from mediasearch.vector_index.store import LocalFolderStore
+    from mediasearch.vector_index.writer import stage_segment
 
     db = f"mediasearch_bench_query_{n}"
     url = f"postgresql://postgres@127.0.0.1:5432/{db}"
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"setup: exported the ViT-B/32-shaped model in {export_s:.0f}s")
     work = BUILD / "query" / f"n{args.n}"
     work.mkdir(parents=True, exist_ok=True)
-    from mediasearch.manifest import ModelManifest
+    from mediasearch.model_manifest import ModelManifest
 
     url, x = prepare(args.n, work, ModelManifest.load(repo, "clip").version)
     hnsw = hnsw_index(x, work)

@@ -10,12 +10,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from export import towers
-from export.checkpoint import load_checkpoint
-from export.publish import publish, sha256_file, staging
-from export.triton_config import CPU_MODEL_PY, Flavour, model_config, render
 from mediasearch.errors import ConfigError
-from mediasearch.manifest import MANIFEST_SUFFIX, TOKENIZER_SUFFIX, ModelManifest, ServingSpec, TensorSpec
+from mediasearch.export import towers
+from mediasearch.export.checkpoint import load_checkpoint
+from mediasearch.export.publish import publish, sha256_file, staging
+from mediasearch.export.triton_config import CPU_MODEL_PY, Flavour, model_config, render
+from mediasearch.model_manifest import (
+    MANIFEST_SUFFIX,
+    TOKENIZER_SUFFIX,
+    ModelManifest,
+    ServingSpec,
+    TensorSpec,
+)
 from mediasearch.preprocess.text import TextTokenizer
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from enum import StrEnum
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mediasearch.manifest import PAD_ID_PARAMETER, VERSION_PARAMETER, ServingSpec, TensorSpec
+from mediasearch.model_manifest import PAD_ID_PARAMETER, VERSION_PARAMETER, ServingSpec, TensorSpec
 
 CPU_INSTANCES = 2
 

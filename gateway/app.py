@@ -21,23 +21,23 @@ import grpc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.locator import ImageLocator
-from gateway.metrics import GatewayMetrics
-from gateway.query import QueryLimits, SearchEngine
-from gateway.search_server import SearchServer
 from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.errors import MediaSearchError
-from mediasearch.index.follower import ManifestFollower
-from mediasearch.index.router import GrpcRouter, LocalRouter, Router, make_router
-from mediasearch.index.shard import Shard
-from mediasearch.index.store import open_store
+from mediasearch.gateway.locator import ImageLocator
+from mediasearch.gateway.metrics import GatewayMetrics
+from mediasearch.gateway.query_path import QueryLimits, SearchEngine
+from mediasearch.gateway.search_server import SearchServer
 from mediasearch.metadata.db import make_engine, migrate, session_factory, translated
 from mediasearch.metadata.models import ImageRow
 from mediasearch.metadata.readers import open_image_reader
 from mediasearch.rpc import from_rpc_error
 from mediasearch.settings import Settings
+from mediasearch.vector_index.follower import ManifestFollower
+from mediasearch.vector_index.router import GrpcRouter, LocalRouter, Router, make_router
+from mediasearch.vector_index.shard import Shard
+from mediasearch.vector_index.store import open_store
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ metadata database, not in the vector segments (segments hold only vectors and id
 immutable, while tags may change). So the query path oversamples: it draws more candidates than
 it needs from the shards, looks their metadata up in one batched query, drops those that fail the
 filters, and draws again (4x more each round) while it is short and the shards have more; see
-:mod:`gateway.query`. Filters that match a large fraction of the images cost one round; very
+:mod:`mediasearch.gateway.query_path`. Filters that match a large fraction of the images cost one round; very
 selective filters cost a few rounds up to ``gateway_max_candidates``.
 """
 

@@ -1,6 +1,6 @@
 """Where an indexed image lives: its URL for callers, and its bytes ("more like this").
 
-Images in S3 get presigned URLs (signed locally by :mod:`gateway.presign`: no request is made) or
+Images in S3 get presigned URLs (signed locally by :mod:`mediasearch.gateway.presign`: no request is made) or
 ``s3://`` URLs;
 images indexed from a local folder (embedded mode) get ``file://`` URLs under ``images_root``.
 """
@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gateway.presign import Presigner
 from mediasearch.errors import NotFound, Unavailable
+from mediasearch.gateway.presign import Presigner
 from mediasearch.metadata.images_repo import ImageRecord
 
 log = logging.getLogger(__name__)

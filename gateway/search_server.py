@@ -3,9 +3,9 @@
 grpc.aio rather than the shard server's thread pool: a search is mostly waiting (encoder, shard
 fan-out, database), and the encoder clients and the router are asyncio, so one event loop carries
 hundreds of concurrent searches; the only blocking call (SQLAlchemy) runs in a worker thread.
-The handlers only translate protobuf <-> :mod:`gateway.query`; errors are raised as project errors
-and mapped to status codes by :class:`mediasearch.rpc.AsyncErrorInterceptor`, which also tags each
-request with an id and feeds the metrics. Health (grpc.health.v1) and server reflection are on.
+The handlers only translate protobuf <-> :mod:`mediasearch.gateway.query_path`; errors are raised as
+project errors and mapped to status codes by :class:`mediasearch.rpc.AsyncErrorInterceptor`, which
+also tags each request with an id and feeds the metrics. Health (grpc.health.v1) and server reflection are on.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.filters import Filters
-from gateway.metrics import GatewayMetrics
-from gateway.query import Hit, Page, PageRequest, SearchEngine
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
+from mediasearch.gateway.filters import Filters
+from mediasearch.gateway.metrics import GatewayMetrics
+from mediasearch.gateway.query_path import Hit, Page, PageRequest, SearchEngine
 from mediasearch.metadata.images_repo import ImageRecord
 from mediasearch.requestlog import request_id
 from mediasearch.rpc import AsyncErrorInterceptor

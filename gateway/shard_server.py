@@ -25,9 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
 from mediasearch.errors import InvalidInput
-from mediasearch.index.follower import ManifestFollower
-from mediasearch.index.shard import SearchParams, Shard
 from mediasearch.rpc import ErrorInterceptor
+from mediasearch.vector_index.follower import ManifestFollower
+from mediasearch.vector_index.shard import SearchParams, Shard
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "mediasearch.v1.ShardService"

@@ -1,6 +1,6 @@
 """The ingestion path: S3 events (SQS), bucket backfill and local folders -> the vector index.
 
-A pipeline of small stages composed by one runner (:mod:`indexer.runner`)::
+A pipeline of small stages composed by one runner (:mod:`mediasearch.indexer.runner`)::
 
     source -> fetch -> decode + preprocess -> batch encode -> group by shard -> write segments
            -> ONE transaction (image rows + segment manifest + tombstones) -> acknowledge
@@ -13,13 +13,13 @@ stage segments, publish: the exactly-once logic), ``runner`` (queues, backpressu
 Re-exported API:
 """
 
-from indexer.backfill import abackfill, backfill
-from indexer.events import ObjectEvent, parse_message
-from indexer.folder import aindex_folder, index_folder
-from indexer.items import IndexReport
-from indexer.progress import ProgressBar
-from indexer.runner import Pipeline, PipelineOptions
-from indexer.worker import arun_worker, run_worker
+from mediasearch.indexer.backfill import abackfill, backfill
+from mediasearch.indexer.events import ObjectEvent, parse_message
+from mediasearch.indexer.folder import aindex_folder, index_folder
+from mediasearch.indexer.items import IndexReport
+from mediasearch.indexer.progress import ProgressBar
+from mediasearch.indexer.runner import Pipeline, PipelineOptions
+from mediasearch.indexer.worker import arun_worker, run_worker
 
 __all__ = [
     "IndexReport",

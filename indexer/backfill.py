@@ -14,15 +14,15 @@ from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.events import ObjectEvent, clean_etag
-from indexer.fetch import S3Fetcher, s3_errors
-from indexer.items import IndexReport
-from indexer.runner import ProgressCallback
-from indexer.service import run_pipeline
-from indexer.source import Delivery, ListedSource
-from indexer.sqs import aws_client
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
+from mediasearch.indexer.events import ObjectEvent, clean_etag
+from mediasearch.indexer.fetch import S3Fetcher, s3_errors
+from mediasearch.indexer.items import IndexReport
+from mediasearch.indexer.runner import ProgressCallback
+from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.source import Delivery, ListedSource
+from mediasearch.indexer.sqs import aws_client
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import known_versions, recorded_keys
 from mediasearch.metadata.models import PENDING

@@ -29,12 +29,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.items import Item
 from mediasearch.errors import Conflict
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.partition import Partitioner
-from mediasearch.index.store import SegmentStore
-from mediasearch.index.writer import stage_segment
+from mediasearch.indexer.items import Item
 from mediasearch.metadata.db import translated
 from mediasearch.metadata.images_repo import (
     NewImage,
@@ -47,11 +43,15 @@ from mediasearch.metadata.images_repo import (
     status_of,
     supersede,
 )
-from mediasearch.metadata.manifest_repo import SegmentRecord, add_tombstones, publish_in
 from mediasearch.metadata.models import PENDING
+from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, publish_in
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import Partitioner
+from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
-stages = logging.getLogger("indexer.stages")  # one line per batch step; quiet it under a progress bar
+stages = logging.getLogger(f"{__package__}.stages")  # a line per batch step; quiet under a progress bar
 
 
 class _Raced(Exception):

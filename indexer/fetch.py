@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.events import ObjectEvent, clean_etag
 from mediasearch.errors import Conflict, NotFound, Unavailable
+from mediasearch.indexer.events import ObjectEvent, clean_etag
 
 
 @dataclass(frozen=True)

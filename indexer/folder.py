@@ -13,14 +13,14 @@ import asyncio
 from collections import deque
 from pathlib import Path
 
-from indexer.events import ObjectEvent
-from indexer.fetch import FileFetcher
-from indexer.items import IndexReport
-from indexer.runner import ProgressCallback
-from indexer.service import run_pipeline
-from indexer.source import Delivery, ListedSource
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import NotFound
+from mediasearch.indexer.events import ObjectEvent
+from mediasearch.indexer.fetch import FileFetcher
+from mediasearch.indexer.items import IndexReport
+from mediasearch.indexer.runner import ProgressCallback
+from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.source import Delivery, ListedSource
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import recorded_keys
 from mediasearch.settings import Settings
@@ -106,7 +106,7 @@ def index_folder(
       must belong to the event loop this call creates, so pass one only from synchronous code that
       does not reuse it in another loop, or call :func:`aindex_folder` from async code.
     - ``progress``: called as ``progress(report, total)`` after each committed batch
-      (:class:`indexer.progress.ProgressBar` draws a bar on stderr).
+      (:class:`mediasearch.indexer.progress.ProgressBar` draws a bar on stderr).
     - ``bucket``: the bucket name recorded in the images rows (default
       ``settings.indexer_local_bucket``, ``local``); keys are paths relative to ``path``.
     - ``prune``: also remove from the index the files of ``bucket`` that are no longer in the

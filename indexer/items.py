@@ -9,9 +9,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexer.events import ObjectEvent
-from indexer.fetch import Fetched
-from indexer.source import Delivery
+from mediasearch.indexer.events import ObjectEvent
+from mediasearch.indexer.fetch import Fetched
+from mediasearch.indexer.source import Delivery
 
 #: What became of an event. indexed/failed/removed are recorded in the database; the others are not.
 Outcome = Literal["indexed", "failed", "removed", "duplicate", "gone", "stale", "retry"]

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from indexer.items import IndexReport
+from mediasearch.indexer.items import IndexReport
 
 
 class ProgressBar:

@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from indexer.commit import Committer
-from indexer.fetch import Fetcher
-from indexer.items import IndexReport, Item
-from indexer.metrics import IndexerMetrics
-from indexer.source import Delivery, Source
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import Conflict, MediaSearchError, NotFound
+from mediasearch.indexer.commit import Committer, stages
+from mediasearch.indexer.fetch import Fetcher
+from mediasearch.indexer.items import IndexReport, Item
+from mediasearch.indexer.metrics import IndexerMetrics
+from mediasearch.indexer.source import Delivery, Source
 from mediasearch.preprocess.image import decode_image, resize_center_crop
 
 log = logging.getLogger(__name__)
@@ -324,9 +324,7 @@ class Pipeline:
         self._in_flight -= len(items)
         self.metrics.in_flight.dec(len(items))
         if ack:
-            logging.getLogger("indexer.stages").info(
-                "indexer stage=acked deliveries=%d t=%.3f", len(ack), time.time()
-            )
+            stages.info("indexer stage=acked deliveries=%d t=%.3f", len(ack), time.time())
         if self.progress is not None:
             self.progress(self.report, self.source.total)
 

@@ -1,7 +1,8 @@
 """Wiring: settings -> database, segment store, partitioner, encoder -> a :class:`Pipeline` run.
 
-The three entry points (:mod:`indexer.folder`, :mod:`indexer.backfill`, :mod:`indexer.worker`)
-differ only in their source and fetcher; everything else is built here from the same settings.
+The three entry points (:mod:`~mediasearch.indexer.folder`, :mod:`~mediasearch.indexer.backfill`,
+:mod:`~mediasearch.indexer.worker`) differ only in their source and fetcher; everything else is
+built here from the same settings.
 """
 
 from __future__ import annotations
@@ -9,19 +10,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from indexer.commit import Committer
-from indexer.fetch import Fetcher
-from indexer.items import IndexReport
-from indexer.metrics import IndexerMetrics
-from indexer.runner import Pipeline, PipelineOptions, ProgressCallback
-from indexer.source import Source
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.partition import make_partitioner
-from mediasearch.index.store import open_store
+from mediasearch.indexer.commit import Committer
+from mediasearch.indexer.fetch import Fetcher
+from mediasearch.indexer.items import IndexReport
+from mediasearch.indexer.metrics import IndexerMetrics
+from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallback
+from mediasearch.indexer.source import Source
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.settings import Settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import make_partitioner
+from mediasearch.vector_index.store import open_store
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:

@@ -6,9 +6,10 @@ the transaction that recorded every event of a delivery has committed, and :meth
 for a delivery whose object could not be fetched (it comes back later). Methods are synchronous
 (boto3 is); the runner calls them from worker threads.
 
-Real sources: :class:`indexer.sqs.SqsSource` (S3 events), :class:`indexer.backfill.ListingSource`
-(bucket listing), :class:`indexer.folder.FolderSource` (a local folder). :class:`MemorySource` is
-the in-package fake for unit tests.
+Real sources: :class:`~mediasearch.indexer.sqs.SqsSource` (S3 events),
+:class:`~mediasearch.indexer.backfill.ListingSource` (bucket listing),
+:class:`~mediasearch.indexer.folder.FolderSource` (a local folder). :class:`MemorySource` is the
+in-package fake for unit tests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.events import ObjectEvent
+from mediasearch.indexer.events import ObjectEvent
 
 
 @dataclass(eq=False)

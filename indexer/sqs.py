@@ -1,6 +1,6 @@
 """S3 event notifications through SQS: the production source (``mediasearch indexer``).
 
-Long-polls the queue; each message is one :class:`~indexer.source.Delivery`. While a delivery is
+Long-polls the queue; each message is one :class:`~mediasearch.indexer.source.Delivery`. While a delivery is
 in flight its visibility is extended (heartbeat), so a slow batch is not handed to another worker.
 A message is deleted only after the transaction recording all its events committed; if the
 process dies first, SQS delivers the message again and the database's idempotency key
@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from indexer.events import parse_message
-from indexer.source import Delivery, Source
 from mediasearch.errors import ConfigError, InvalidInput, Unavailable
+from mediasearch.indexer.events import parse_message
+from mediasearch.indexer.source import Delivery, Source
 
 log = logging.getLogger(__name__)
 POISON_ATTRIBUTE = "mediasearch-poison-reason"

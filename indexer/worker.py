@@ -13,14 +13,14 @@ import contextlib
 import logging
 import signal
 
-from indexer.fetch import S3Fetcher
-from indexer.items import IndexReport
-from indexer.metrics import IndexerMetrics
-from indexer.runner import ProgressCallback
-from indexer.service import run_pipeline
-from indexer.sqs import SqsSource, aws_client
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
+from mediasearch.indexer.fetch import S3Fetcher
+from mediasearch.indexer.items import IndexReport
+from mediasearch.indexer.metrics import IndexerMetrics
+from mediasearch.indexer.runner import ProgressCallback
+from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.sqs import SqsSource, aws_client
 from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)

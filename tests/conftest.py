@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded tiny random CLIP with the real CLIP tokenizer, saved like a downloaded checkpoint."""
-    from export.random_clip import save_random_clip
+    from mediasearch.export.random_clip import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), "tiny", seed=0)
 
@@ -34,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint exported into a model repository (through the public export path)."""
-    from export import export_model
+    from mediasearch.export import export_model
 
     out = tmp_path_factory.mktemp("repo") / "model_repository"
     export_model(str(tiny_checkpoint), out, "clip")

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.partition import HashPartitioner
-from mediasearch.index.store import SegmentStore
-from mediasearch.index.writer import stage_segment
-from mediasearch.metadata.manifest_repo import publish_in
 from mediasearch.metadata.models import INDEXED, ImageRow
+from mediasearch.metadata.segment_manifest import publish_in
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import HashPartitioner
+from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.writer import stage_segment
 
 
 def publish_images(

@@ -11,11 +11,11 @@ import numpy as np
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.store import SegmentStore
-from mediasearch.index.writer import stage_segment
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import SegmentRecord, publish
+from mediasearch.metadata.segment_manifest import SegmentRecord, publish
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.writer import stage_segment
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MODEL = "test-model-v1"

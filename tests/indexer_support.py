@@ -12,15 +12,15 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.index.segment import load_vectors
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import SegmentStore, open_store
+from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
+from mediasearch.export.micro.scenes.render import render_scene
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import load_shard_manifest
 from mediasearch.metadata.models import ImageRow
-from mediasearch.scenes.gallery import encode_scene, scene_rng
-from mediasearch.scenes.render import render_scene
+from mediasearch.metadata.segment_manifest import load_shard_manifest
 from mediasearch.settings import Settings, load_settings
+from mediasearch.vector_index.segment import load_vectors
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import SegmentStore, open_store
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000

@@ -16,8 +16,7 @@ from functools import partial
 import numpy as np
 from numpy.typing import NDArray
 
-from mediasearch.preprocess.image import ImageSpec, prepare_image
-from mediasearch.scenes import (
+from mediasearch.export.micro.scenes import (
     ATTRIBUTE_VALUES,
     HELD_OUT_COMBOS,
     SceneLabel,
@@ -28,6 +27,7 @@ from mediasearch.scenes import (
     render_scene,
     scene_rng,
 )
+from mediasearch.preprocess.image import ImageSpec, prepare_image
 
 # Scenes are drawn at these sizes and resized to the model's input, like gallery files of any size.
 RENDER_SIZES = (64, 96, 128)

@@ -1,10 +1,10 @@
 """Evaluate the micro CLIP: text-to-image precision@10 on a held-out generated gallery.
 
-    python -m export.micro.evaluate [--model export/micro/model] [--onnx]
+    python -m mediasearch.export.micro.evaluate [--model export/micro/model] [--onnx]
 
 Renders a gallery from a seed no training run uses, with every colour-shape pair (including the
 ones held out of training), encodes it through the serving preprocessing, and scores generated
-queries (see :mod:`export.micro.retrieval`) for the trained model and for a randomly initialised
+queries (see :mod:`mediasearch.export.micro.retrieval`) for the trained model and for a randomly initialised
 model of the same shape (the floor). With ``--onnx`` the trained model is first exported by
 ``mediasearch export``'s code and scored through the serving encoder (ONNX Runtime,
 :class:`~mediasearch.encoders.LocalEncoder`) instead of PyTorch. The last line printed is the summary::
@@ -27,12 +27,12 @@ import torch
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from export.checkpoint import load_checkpoint
-from export.micro.retrieval import Encoders, EvalQuery, eval_queries, load_gallery, precision_at_k
-from export.micro.train import THREADS
+from mediasearch.export.checkpoint import load_checkpoint
+from mediasearch.export.micro.retrieval import Encoders, EvalQuery, eval_queries, load_gallery, precision_at_k
+from mediasearch.export.micro.scenes import write_gallery
+from mediasearch.export.micro.train import THREADS
 from mediasearch.preprocess.image import ImageSpec, normalize
 from mediasearch.preprocess.text import TextTokenizer
-from mediasearch.scenes import write_gallery
 
 EVAL_SEED = 1_000_003  # training seeds are small integers: this gallery shares no scene with them
 GALLERY_IMAGES = 4_000
@@ -80,8 +80,8 @@ def checkpoint_encoders(model_dir: Path, random_seed: int) -> tuple[Encoders, En
 @contextlib.contextmanager
 def onnx_encoders(model_dir: Path) -> Iterator[Encoders]:
     """The checkpoint exported to a temporary Triton repository and served by ``LocalEncoder``."""
-    from export.pipeline import export_model
     from mediasearch.encoders.local import LocalEncoder
+    from mediasearch.export.pipeline import export_model
 
     with tempfile.TemporaryDirectory(prefix="micro-eval-repo-") as repo, asyncio.Runner() as runner:
         export_model(str(model_dir), repo)
@@ -120,7 +120,7 @@ def family_table(queries: Sequence[EvalQuery], trained: NDArray[np.float64]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.micro.evaluate",
+        prog="python -m mediasearch.export.micro.evaluate",
         description="Text-to-image precision@10 of the micro CLIP on a held-out generated gallery "
         "(with the colour-shape pairs held out of training), against a random-weights floor.",
     )

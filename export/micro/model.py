@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-from export.micro.tokenizer import BOS, EOS, token_id
+from mediasearch.export.micro.tokenizer import BOS, EOS, token_id
 from mediasearch.preprocess.image import ImageSpec
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ normalised; this module normalises them.
 
 Queries are generated from attribute combinations ("a red circle", "three small green stars",
 "red shapes on a gray background", ...). precision@k of a query is the share of its top-k images
-whose labels satisfy every attribute :func:`~mediasearch.scenes.parse_query` reads from its text;
+whose labels satisfy every attribute :func:`~mediasearch.export.micro.scenes.parse_query` reads from its text;
 only queries with at least k matching images in the gallery are scored.
 """
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from mediasearch.preprocess.image import ImageSpec, prepare_image
-from mediasearch.scenes import (
+from mediasearch.export.micro.scenes import (
     ATTRIBUTE_VALUES,
     HELD_OUT_COMBOS,
     SceneLabel,
@@ -32,6 +31,7 @@ from mediasearch.scenes import (
     parse_query,
     read_gallery,
 )
+from mediasearch.preprocess.image import ImageSpec, prepare_image
 
 TextEncoder = Callable[[Sequence[str]], NDArray[np.floating]]
 ImageEncoder = Callable[[NDArray[np.uint8]], NDArray[np.floating]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from mediasearch.errors import ModelError
-from mediasearch.scenes import caption_words
+from mediasearch.export.micro.scenes import caption_words
 
 UNK = "[UNK]"
 BOS = "<|startoftext|>"

@@ -1,6 +1,6 @@
 """Train the micro CLIP on generated scenes, on the CPU, deterministically.
 
-    python -m export.micro.train --out export/micro/model --seed 0
+    python -m mediasearch.export.micro.train --out export/micro/model --seed 0
 
 Contrastive training as CLIP's, with three changes that make a tiny model learn in minutes:
 
@@ -8,7 +8,7 @@ Contrastive training as CLIP's, with three changes that make a tiny model learn 
   a batch; the loss counts every scene it is true of as a match (a uniform target over them)
   instead of treating them as negatives (the labels say exactly which ones);
 - hard-negative batches: groups of scenes that differ only in a few attributes
-  (:func:`export.micro.data.hard_negative_batches`), so shape and count keep being taught after
+  (:func:`mediasearch.export.micro.data.hard_negative_batches`), so shape and count keep being taught after
   colour and background are learned;
 - ViT-scale position embeddings at initialisation (see :func:`_init_position_embeddings`).
 """
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from export.micro.data import ScenePool, caption_batch, hard_negative_batches, render_pool
-from export.micro.model import CONTEXT_LENGTH, IMAGE_SPEC, build_model, save_checkpoint
-from export.micro.tokenizer import EOS, build_tokenizer, token_id
+from mediasearch.export.micro.data import ScenePool, caption_batch, hard_negative_batches, render_pool
+from mediasearch.export.micro.model import CONTEXT_LENGTH, IMAGE_SPEC, build_model, save_checkpoint
+from mediasearch.export.micro.tokenizer import EOS, build_tokenizer, token_id
 from mediasearch.preprocess.image import normalize
 from mediasearch.preprocess.text import TextTokenizer
 
@@ -148,7 +148,7 @@ def multi_positive_loss(logits_per_text: torch.Tensor, positives: torch.Tensor) 
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m export.micro.train",
+        prog="python -m mediasearch.export.micro.train",
         description="Train the offline micro CLIP on generated scenes (CPU, deterministic by seed) "
         "and save it as a CLIP checkpoint folder (config, weights, tokenizer.json, image contract).",
     )

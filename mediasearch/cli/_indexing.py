@@ -49,10 +49,10 @@ def run_with_progress(args: argparse.Namespace, label: str, index: Callable[[Any
     the report; exit status 1 when some objects are left to retry."""
     import logging
 
-    from indexer.progress import ProgressBar
+    from mediasearch.indexer.progress import ProgressBar
 
     if not args.no_progress:  # the bar says it better than one log line per batch
-        logging.getLogger("indexer.stages").setLevel(logging.WARNING)
+        logging.getLogger("mediasearch.indexer.stages").setLevel(logging.WARNING)
     bar = None if args.no_progress else ProgressBar(label)
     report = index(bar)
     if bar is not None:

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.backfill import backfill
+    from mediasearch.indexer.backfill import backfill
 
     settings = settings_from(args, s3_endpoint_url=args.s3_endpoint_url)
     return run_with_progress(

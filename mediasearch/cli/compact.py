@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mediasearch.index.compactor import CompactionResult, Compactor
+    from mediasearch.vector_index.compactor import CompactionResult, Compactor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,11 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mediasearch.index.builder import BuildConfig
-    from mediasearch.index.compactor import Compactor
-    from mediasearch.index.store import open_store
     from mediasearch.metadata.db import make_engine, migrate, session_factory
     from mediasearch.settings import load_settings
+    from mediasearch.vector_index.builder import BuildConfig
+    from mediasearch.vector_index.compactor import Compactor
+    from mediasearch.vector_index.store import open_store
 
     overrides = {
         "database_url": args.database_url,

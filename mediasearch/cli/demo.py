@@ -20,8 +20,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO_ROOT / "export" / "micro" / "model"
 QUERIES = (
     "two red circles",
     "a small blue square on a black background",
@@ -65,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from export import export_model
     from mediasearch.errors import ConfigError, NotFound
+    from mediasearch.export import export_model
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
@@ -108,18 +106,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _default_model(out: Path) -> Path:
     """The micro model when it is in the checkout; otherwise a seeded tiny random CLIP (noise)."""
-    if (DEFAULT_MODEL / "config.json").is_file():
-        return DEFAULT_MODEL
-    from export.random_clip import save_random_clip
+    from mediasearch.export.micro import MODEL_DIR
+    from mediasearch.export.random_clip import save_random_clip
 
-    print(f"note: {DEFAULT_MODEL} is missing; using a seeded tiny random CLIP (its matches are noise)")
+    if (MODEL_DIR / "config.json").is_file():
+        return MODEL_DIR
+    print(f"note: {MODEL_DIR} is missing; using a seeded tiny random CLIP (its matches are noise)")
     return save_random_clip(out / "tiny-random-clip", "tiny", seed=0)
 
 
 def _draw_gallery(console: Any, folder: Path, count: int, seed: int) -> Path:
     from rich.progress import Progress
 
-    from mediasearch.scenes import write_gallery
+    from mediasearch.export.micro.scenes import write_gallery
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -130,7 +129,7 @@ def _draw_gallery(console: Any, folder: Path, count: int, seed: int) -> Path:
 
 
 def _settings(args: argparse.Namespace, out: Path, gallery: Path) -> Any:
-    from gateway.app import embedded_settings
+    from mediasearch.gateway.app import embedded_settings
     from mediasearch.settings import load_settings
 
     state = out / "state"
@@ -145,8 +144,8 @@ def _settings(args: argparse.Namespace, out: Path, gallery: Path) -> Any:
 
 
 def _index(console: Any, settings: Any, gallery: Path) -> None:
-    from indexer.folder import index_folder
-    from indexer.progress import ProgressBar
+    from mediasearch.indexer.folder import index_folder
+    from mediasearch.indexer.progress import ProgressBar
 
     bar = ProgressBar(f"indexing {gallery}")
     report = index_folder(settings, gallery, progress=bar)
@@ -155,7 +154,7 @@ def _index(console: Any, settings: Any, gallery: Path) -> None:
 
 
 def _labels(gallery: Path) -> dict[str, Any]:
-    from mediasearch.scenes import SceneLabel
+    from mediasearch.export.micro.scenes import SceneLabel
 
     labels = {}
     for sidecar in gallery.glob("*.json"):
@@ -171,7 +170,7 @@ def _examples(
 
     from mediasearch.cli.query import write_sheet
     from mediasearch.client import SearchClient
-    from mediasearch.scenes import label_matches, parse_query
+    from mediasearch.export.micro.scenes import label_matches, parse_query
 
     total = hits = 0
     with SearchClient(address) as client:
@@ -226,7 +225,7 @@ class EmbeddedServer:
         return str(self._gateway.address)
 
     def start(self) -> None:
-        from gateway.app import start_gateway
+        from mediasearch.gateway.app import start_gateway
 
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(start_gateway(self.settings, port=self.port), self.loop)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export import export_model
+    from mediasearch.export import export_model
 
     report = export_model(args.model, args.out, args.name)
     m = report.manifest

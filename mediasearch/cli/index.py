@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.folder import index_folder
+    from mediasearch.indexer.folder import index_folder
 
     settings = settings_from(args)
     return run_with_progress(

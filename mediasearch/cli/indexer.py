@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.worker import run_worker
+    from mediasearch.indexer.worker import run_worker
 
     settings = settings_from(
         args,

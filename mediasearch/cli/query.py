@@ -106,8 +106,8 @@ def print_results(console: object, title: str, responses: list[Response]) -> Non
 
 
 def write_sheet(results: list[object], out: Path, title: str) -> Path:
+    from mediasearch.cli._sheets import contact_sheet
     from mediasearch.client import Result, fetch_image
-    from mediasearch.contact_sheet import contact_sheet
     from mediasearch.errors import MediaSearchError
 
     images: list[bytes | None] = []

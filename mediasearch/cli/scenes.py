@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from mediasearch.scenes import HELD_OUT_COMBOS, write_gallery
+    from mediasearch.export.micro.scenes import HELD_OUT_COMBOS, write_gallery
 
     if args.count < 1 or args.size < 16:
         raise ConfigError("--count must be at least 1 and --size at least 16 pixels")

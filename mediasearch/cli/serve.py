@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from gateway.app import start_gateway
+    from mediasearch.gateway.app import start_gateway
     from mediasearch.requestlog import configure_logging
     from mediasearch.settings import load_settings
 

@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from gateway.shard_server import ShardServer
-    from mediasearch.index.follower import ManifestFollower
-    from mediasearch.index.shard import SearchParams, Shard
-    from mediasearch.index.store import open_store
+    from mediasearch.gateway.shard_server import ShardServer
     from mediasearch.metadata.db import make_engine, migrate, session_factory
     from mediasearch.settings import load_settings
+    from mediasearch.vector_index.follower import ManifestFollower
+    from mediasearch.vector_index.shard import SearchParams, Shard
+    from mediasearch.vector_index.store import open_store
 
     overrides = {
         "database_url": args.database_url,

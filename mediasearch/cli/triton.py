@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mediasearch.dev.triton import LocalTriton, TritonOptions
     from mediasearch.errors import Unavailable
     from mediasearch.settings import load_settings
-    from mediasearch.triton import LocalTriton, TritonOptions
 
     settings = load_settings()
     options = TritonOptions(

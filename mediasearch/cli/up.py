@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    from mediasearch.devcluster import ClusterOptions, DevCluster
+    from mediasearch.dev.cluster import ClusterOptions, DevCluster
 
     cluster = DevCluster(
         ClusterOptions(

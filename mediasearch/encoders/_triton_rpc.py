@@ -28,7 +28,7 @@ from mediasearch.errors import (
     Overloaded,
     Unavailable,
 )
-from mediasearch.manifest import VERSION_PARAMETER, ServingSpec, TensorSpec
+from mediasearch.model_manifest import VERSION_PARAMETER, ServingSpec, TensorSpec
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mediasearch.errors import ImageError
-from mediasearch.manifest import ModelManifest
+from mediasearch.model_manifest import ModelManifest
 from mediasearch.preprocess.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
 from mediasearch.preprocess.text import TextTokenizer
 

@@ -24,7 +24,7 @@ from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
 from mediasearch.encoders.text_batches import pad_rows, split_by_length
 from mediasearch.errors import ModelError
-from mediasearch.manifest import ServingSpec
+from mediasearch.model_manifest import ServingSpec
 
 T = TypeVar("T")
 Vector = NDArray[np.float32]

@@ -44,7 +44,7 @@ from mediasearch.encoders._triton_rpc import call_with_retries, config_differenc
 from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
 from mediasearch.encoders.text_batches import bucket_groups, pad_rows
 from mediasearch.errors import DeadlineExceeded, Unavailable
-from mediasearch.manifest import ServingSpec
+from mediasearch.model_manifest import ServingSpec
 
 log = logging.getLogger(__name__)
 

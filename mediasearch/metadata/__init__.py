@@ -4,7 +4,7 @@ Re-exported API:
 """
 
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import (
+from mediasearch.metadata.segment_manifest import (
     SegmentRecord,
     ShardManifest,
     add_tombstones,

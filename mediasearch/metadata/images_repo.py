@@ -1,7 +1,7 @@
 """Images: the read side shared by the gateway and the indexer, and the indexer's write side.
 
 Every function takes an open session and never commits, like
-:mod:`mediasearch.metadata.manifest_repo`, so the indexer can mark rows, publish segments and add
+:mod:`mediasearch.metadata.segment_manifest`, so the indexer can mark rows, publish segments and add
 tombstones in one transaction.
 """
 

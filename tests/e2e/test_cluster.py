@@ -26,7 +26,13 @@ from index_support import postgres_available, postgres_database
 
 from mediasearch.client import SearchClient
 from mediasearch.errors import Unavailable
-from mediasearch.scenes import GalleryItem, label_matches, parse_query, read_gallery, write_gallery
+from mediasearch.export.micro.scenes import (
+    GalleryItem,
+    label_matches,
+    parse_query,
+    read_gallery,
+    write_gallery,
+)
 
 AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mediasearch.ports import free_port
-from mediasearch.triton import LocalTriton, TritonOptions
+from mediasearch.dev.processes import free_port
+from mediasearch.dev.triton import LocalTriton, TritonOptions
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from mediasearch.client import SearchClient
 from mediasearch.encoders import LocalEncoder
 from mediasearch.errors import DeadlineExceeded, InvalidInput, NotFound, Unavailable
-from mediasearch.index.store import LocalFolderStore
+from mediasearch.export.micro.scenes import (
+    GalleryItem,
+    label_matches,
+    parse_query,
+    read_gallery,
+    write_gallery,
+)
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.scenes import GalleryItem, label_matches, parse_query, read_gallery, write_gallery
+from mediasearch.vector_index.store import LocalFolderStore
 
 N_SCENES = 120
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -22,7 +22,7 @@ from indexer_support import (
     store_of,
 )
 
-from indexer.backfill import backfill
+from mediasearch.indexer.backfill import backfill
 from mediasearch.metadata.models import INDEXED
 
 

@@ -15,10 +15,10 @@ import pytest
 from index_support import postgres_available, postgres_database
 from indexer_support import AWS_ENV, Bucket, rows, scene_bytes, served_ids, sessions_for, store_of
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.compactor import Compactor
 from mediasearch.metadata.models import INDEXED
 from mediasearch.settings import load_settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.compactor import Compactor
 
 IMAGES = 48
 

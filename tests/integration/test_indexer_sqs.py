@@ -25,9 +25,9 @@ from indexer_support import (
     store_of,
 )
 
-from indexer.sqs import POISON_ATTRIBUTE, SqsSource, aws_client
-from indexer.worker import arun_worker
 from mediasearch.encoders import LocalEncoder
+from mediasearch.indexer.sqs import POISON_ATTRIBUTE, SqsSource, aws_client
+from mediasearch.indexer.worker import arun_worker
 from mediasearch.metadata.models import FAILED, INDEXED, REMOVED
 from mediasearch.settings import Settings
 

@@ -21,12 +21,12 @@ from indexer_support import (
     store_of,
 )
 
-from indexer.worker import arun_worker
+from mediasearch.dev.triton import LocalTriton
 from mediasearch.encoders import LocalEncoder
-from mediasearch.index.segment import load_vectors
-from mediasearch.metadata.manifest_repo import load_shard_manifest
+from mediasearch.indexer.worker import arun_worker
 from mediasearch.metadata.models import INDEXED
-from mediasearch.triton import LocalTriton
+from mediasearch.metadata.segment_manifest import load_shard_manifest
+from mediasearch.vector_index.segment import load_vectors
 
 
 def test_sqs_indexer_with_triton_publishes_the_local_encoders_vectors_and_finds_each_image(

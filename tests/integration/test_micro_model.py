@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mediasearch.encoders.local import LocalEncoder
-from mediasearch.scenes import (
+from mediasearch.export.micro.scenes import (
     GalleryItem,
     SceneQuery,
     label_matches,

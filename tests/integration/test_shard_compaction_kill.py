@@ -14,12 +14,12 @@ import pytest
 from index_support import add_segment, brute_force, clustered, sqlite_sessions
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.compactor import Compactor
-from mediasearch.index.segment import read_meta, verify
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import LocalFolderStore
-from mediasearch.metadata.manifest_repo import add_tombstones, load_shard_manifest
+from mediasearch.metadata.segment_manifest import add_tombstones, load_shard_manifest
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.compactor import Compactor
+from mediasearch.vector_index.segment import read_meta, verify
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import LocalFolderStore
 
 CONFIG = BuildConfig(flat_max=2000)
 N, PARTS = 9000, 6

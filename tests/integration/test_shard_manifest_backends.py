@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import (
+from mediasearch.metadata.segment_manifest import (
     NOTIFY_CHANNEL,
     SegmentRecord,
     add_tombstones,

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from index_support import MODEL, brute_force, unit_vectors
 
+from mediasearch.dev.processes import free_port
 from mediasearch.errors import NotFound, Unavailable
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.s3store import S3Store
-from mediasearch.index.segment import read_meta, write_segment
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import open_store
-from mediasearch.metadata.manifest_repo import SegmentRecord, ShardManifest
-from mediasearch.ports import free_port
+from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.s3store import S3Store
+from mediasearch.vector_index.segment import read_meta, write_segment
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import open_store
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
 from mediasearch.errors import Unavailable
-from mediasearch.index.partition import HashPartitioner
-from mediasearch.index.router import GrpcRouter
-from mediasearch.index.shard import SearchParams
-from mediasearch.index.store import LocalFolderStore
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.manifest_repo import add_tombstones
+from mediasearch.metadata.segment_manifest import add_tombstones
+from mediasearch.vector_index.partition import HashPartitioner
+from mediasearch.vector_index.router import GrpcRouter
+from mediasearch.vector_index.shard import SearchParams
+from mediasearch.vector_index.store import LocalFolderStore
 
 N, DIM = 3000, 32
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mediasearch.dev.processes import free_port
+from mediasearch.dev.triton import LocalTriton
 from mediasearch.encoders import Encoder, ImageEmbeddings, LocalEncoder, TritonClientOptions, TritonEncoder
 from mediasearch.errors import DeadlineExceeded, ImageError, ManifestMismatch, Unavailable
-from mediasearch.manifest import ModelManifest
-from mediasearch.ports import free_port
+from mediasearch.model_manifest import ModelManifest
 from mediasearch.preprocess import TextTokenizer, normalize, prepare_image
-from mediasearch.triton import LocalTriton
 
 TOLERANCE = 1e-5
 QUERIES = [

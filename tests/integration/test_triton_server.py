@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from mediasearch.dev.triton import SHM_DIR, LocalTriton, TritonOptions
 from mediasearch.errors import ModelError
-from mediasearch.manifest import ModelManifest
-from mediasearch.triton import LocalTriton, TritonOptions
-from mediasearch.triton.server import SHM_DIR
+from mediasearch.model_manifest import ModelManifest
 
 
 def _port_is_free(port: int) -> bool:

@@ -45,9 +45,9 @@ def test_demo_indexes_a_gallery_serves_it_and_prints_ranked_results_for_every_ex
 def test_demo_without_model_flag_falls_back_to_tiny_random_clip_when_micro_model_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import mediasearch.cli.demo as demo
+    import mediasearch.export.micro as micro
 
-    monkeypatch.setattr(demo, "DEFAULT_MODEL", tmp_path / "no-micro-model")
+    monkeypatch.setattr(micro, "MODEL_DIR", tmp_path / "no-micro-model")
     argv = [
         "demo",
         "--repository",

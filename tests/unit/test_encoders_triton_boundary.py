@@ -14,7 +14,7 @@ from mediasearch.encoders._triton_rpc import (
     translate,
 )
 from mediasearch.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
-from mediasearch.manifest import ServingSpec, TensorSpec
+from mediasearch.model_manifest import ServingSpec, TensorSpec
 
 URL = "10.1.2.3:8001"
 SPEC = ServingSpec(
@@ -95,14 +95,14 @@ def test_call_does_not_retry_a_model_error() -> None:
 
 @pytest.mark.parametrize("flavour", ["gpu", "cpu", "tensorrt"])
 def test_generated_config_matches_its_spec_in_every_flavour(flavour: str) -> None:
-    from export.triton_config import Flavour, model_config
+    from mediasearch.export.triton_config import Flavour, model_config
 
     cfg = model_config(SPEC, Flavour(flavour), version="clip-abc", pad_id=49407)
     assert config_differences(cfg, SPEC, "clip-abc") == []
 
 
 def test_config_differences_name_version_and_tensor_mismatches() -> None:
-    from export.triton_config import Flavour, model_config
+    from mediasearch.export.triton_config import Flavour, model_config
 
     served = replace(SPEC, inputs=(TensorSpec("input_ids", "INT32", (-1,)),), max_batch_size=8)
     cfg = model_config(served, Flavour.CPU, version="clip-old")

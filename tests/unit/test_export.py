@@ -9,11 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export import export_model, towers
-from export.publish import sha256_file
-from export.triton_config import Flavour, parse
 from mediasearch.errors import ModelUnavailable, NotClipModel, ParityError
-from mediasearch.manifest import VERSION_PARAMETER, ModelManifest
+from mediasearch.export import export_model, towers
+from mediasearch.export.publish import sha256_file
+from mediasearch.export.triton_config import Flavour, parse
+from mediasearch.model_manifest import VERSION_PARAMETER, ModelManifest
 from mediasearch.preprocess import TextTokenizer
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from export import export_model
-from export.random_clip import save_random_clip
+from mediasearch.export import export_model
+from mediasearch.export.random_clip import save_random_clip
 
 
 @pytest.mark.slow

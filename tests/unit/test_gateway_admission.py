@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.admission import Admission
 from mediasearch.errors import DeadlineExceeded, Overloaded
+from mediasearch.gateway.admission import Admission
 
 
 async def _search(admission: Admission, seconds: float, deadline_in: float, log: list[str]) -> None:

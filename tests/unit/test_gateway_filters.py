@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.filters import Filters
+from mediasearch.gateway.filters import Filters
 from mediasearch.metadata.images_repo import ImageRecord
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

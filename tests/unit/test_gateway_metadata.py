@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.query import SearchEngine
 from mediasearch.errors import Unavailable
+from mediasearch.gateway.query_path import SearchEngine
 from mediasearch.metadata.images_repo import ImageRecord
 from mediasearch.metadata.readers import ImageReader
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.errors import InvalidInput
+from mediasearch.gateway.paging import PageToken, decode_token, encode_token, fingerprint
 
 SECRET = "s3cret"
 

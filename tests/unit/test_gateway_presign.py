@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from gateway.presign import Presigner
+from mediasearch.gateway.presign import Presigner
 
 KEYS = ["photos/cat.jpg", "holiday photos/day 3+3 (1).jpg", "ünïcode/ß~x.png"]
 

@@ -10,7 +10,7 @@ import pytest
 from index_support import brute_force, clustered, recall, unit_vectors
 
 from mediasearch.errors import ConfigError, InvalidInput
-from mediasearch.index.builder import BuildConfig, build_index, choose_spec, nlist_for
+from mediasearch.vector_index.builder import BuildConfig, build_index, choose_spec, nlist_for
 
 
 def test_choose_spec_is_flat_below_threshold_and_ivf_hnsw_above() -> None:

@@ -10,13 +10,13 @@ import pytest
 from index_support import add_segment, brute_force, clustered, recall, sqlite_sessions
 
 from mediasearch.errors import Conflict
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.compactor import Compactor
-from mediasearch.index.segment import open_index
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import LocalFolderStore
-from mediasearch.index.writer import stage_segment
-from mediasearch.metadata.manifest_repo import add_tombstones, load_shard_manifest, publish
+from mediasearch.metadata.segment_manifest import add_tombstones, load_shard_manifest, publish
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.compactor import Compactor
+from mediasearch.vector_index.segment import open_index
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import LocalFolderStore
+from mediasearch.vector_index.writer import stage_segment
 
 CONFIG = BuildConfig(flat_max=2000)
 

@@ -8,8 +8,8 @@ import pytest
 from index_support import brute_force, clustered, recall
 
 from mediasearch.errors import ConfigError
-from mediasearch.index.builder import BuildConfig, build_index
-from mediasearch.index.gpu import gpu_count, maybe_to_gpu, to_gpu, with_flat_quantizer
+from mediasearch.vector_index.builder import BuildConfig, build_index
+from mediasearch.vector_index.gpu import gpu_count, maybe_to_gpu, to_gpu, with_flat_quantizer
 
 
 def test_flat_quantizer_copy_keeps_the_lists_and_searches_at_least_as_well() -> None:

@@ -11,14 +11,14 @@ from sqlalchemy import select
 
 from mediasearch.errors import Conflict
 from mediasearch.metadata.db import make_engine, migrate
-from mediasearch.metadata.manifest_repo import (
+from mediasearch.metadata.models import SegmentRow
+from mediasearch.metadata.segment_manifest import (
     SegmentRecord,
     add_tombstones,
     load_shard_manifest,
     publish,
     publish_in,
 )
-from mediasearch.metadata.models import SegmentRow
 
 
 def _rec(sid: str, shard: int = 0, count: int = 10) -> SegmentRecord:

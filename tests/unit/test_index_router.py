@@ -12,13 +12,13 @@ import pytest
 from index_support import MODEL, brute_force, unit_vectors
 
 from mediasearch.errors import ConfigError, InvalidInput, Unavailable
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.partition import DateBucketPartitioner, HashPartitioner, make_partitioner
-from mediasearch.index.router import LocalRouter
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import MemoryStore
-from mediasearch.index.writer import stage_segment
-from mediasearch.metadata.manifest_repo import ShardManifest
+from mediasearch.metadata.segment_manifest import ShardManifest
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import DateBucketPartitioner, HashPartitioner, make_partitioner
+from mediasearch.vector_index.router import LocalRouter
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import MemoryStore
+from mediasearch.vector_index.writer import stage_segment
 
 
 class _DownShard(Shard):
@@ -131,8 +131,8 @@ def test_concurrent_searches_are_coalesced_into_shared_fan_outs_with_the_same_an
 
 
 def test_router_factory_picks_grpc_when_addresses_are_configured_else_in_process(tmp_path: Path) -> None:
-    from mediasearch.index.router import GrpcRouter, make_router
     from mediasearch.settings import load_settings
+    from mediasearch.vector_index.router import GrpcRouter, make_router
 
     grpc_router = make_router(load_settings(shard_addresses=("a:1|b:1", "c:2")))
     assert isinstance(grpc_router, GrpcRouter) and grpc_router.replicas == [["a:1", "b:1"], ["c:2"]]

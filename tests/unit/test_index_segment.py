@@ -9,9 +9,9 @@ import pytest
 from index_support import MODEL, unit_vectors
 
 from mediasearch.errors import CorruptData, InvalidInput, NotFound
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.segment import INDEX_FILE, load_vectors, open_index, read_meta, write_segment
-from mediasearch.index.store import LocalFolderStore, MemoryStore, open_store
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.segment import INDEX_FILE, load_vectors, open_index, read_meta, write_segment
+from mediasearch.vector_index.store import LocalFolderStore, MemoryStore, open_store
 
 
 def _segment(folder: Path, n: int = 500, shard: int = 2) -> tuple[np.ndarray, np.ndarray]:

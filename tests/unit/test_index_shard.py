@@ -11,12 +11,12 @@ import pytest
 from index_support import MODEL, brute_force, clustered, recall, unit_vectors
 
 from mediasearch.errors import CorruptData, ManifestMismatch
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.merge import merge_topk
-from mediasearch.index.shard import SearchParams, Shard
-from mediasearch.index.store import MemoryStore
-from mediasearch.index.writer import stage_segment
-from mediasearch.metadata.manifest_repo import SegmentRecord, ShardManifest
+from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.merge import merge_topk
+from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import MemoryStore
+from mediasearch.vector_index.writer import stage_segment
 
 
 def _manifest(

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from indexer.events import ObjectEvent, parse_message
 from mediasearch.errors import InvalidInput
+from mediasearch.indexer.events import ObjectEvent, parse_message
 
 
 def s3_record(name: str, key: str, etag: str | None = "abc123", bucket: str = "photos") -> dict[str, object]:

@@ -24,20 +24,20 @@ from indexer_support import (
     store_of,
 )
 
-from indexer.commit import Committer
-from indexer.events import ObjectEvent
-from indexer.fetch import FileFetcher
-from indexer.folder import index_folder
-from indexer.items import Item
-from indexer.progress import ProgressBar
-from indexer.service import run_pipeline
-from indexer.source import Delivery, MemorySource
 from mediasearch.encoders import LocalEncoder
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.partition import HashPartitioner
+from mediasearch.indexer.commit import Committer
+from mediasearch.indexer.events import ObjectEvent
+from mediasearch.indexer.fetch import FileFetcher
+from mediasearch.indexer.folder import index_folder
+from mediasearch.indexer.items import Item
+from mediasearch.indexer.progress import ProgressBar
+from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.source import Delivery, MemorySource
 from mediasearch.metadata.images_repo import NewImage, reserve
 from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED
 from mediasearch.settings import Settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import HashPartitioner
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def test_a_removal_event_handled_after_the_key_was_written_again_keeps_the_new_v
 def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from indexer.fetch import content_etag
+    from mediasearch.indexer.fetch import content_etag
 
     data = scene_bytes(5)
     write(tmp_path / "f", {"a.jpg": data})
@@ -216,7 +216,7 @@ def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
 def test_an_indexer_that_loses_the_race_for_a_row_drops_its_copy_instead_of_serving_it_twice(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from indexer.fetch import Fetched
+    from mediasearch.indexer.fetch import Fetched
 
     sessions = sessions_for(settings.database_url)
     store = store_of(settings)
@@ -268,7 +268,7 @@ def test_index_command_reports_counts_and_failures_and_draws_progress_on_stderr(
 def test_metrics_count_outcomes_and_time_every_stage(settings: Settings, tmp_path: Path) -> None:
     import urllib.request
 
-    from indexer.metrics import IndexerMetrics
+    from mediasearch.indexer.metrics import IndexerMetrics
 
     write(tmp_path / "f", {"good.jpg": scene_bytes(1), "bad.jpg": b"not an image"})
     events = [ObjectEvent("created", "local", k) for k in ("good.jpg", "bad.jpg")]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mediasearch.cli import main
-from mediasearch.scenes import (
+from mediasearch.export.micro.scenes import (
     COLOURS,
     HELD_OUT_COMBOS,
     SceneLabel,
@@ -24,7 +24,7 @@ from mediasearch.scenes import (
     sample_label,
     write_gallery,
 )
-from mediasearch.scenes.vocab import backgrounds_for
+from mediasearch.export.micro.scenes.vocab import backgrounds_for
 
 
 def _pixels(seed: int) -> tuple[np.ndarray, SceneLabel]:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mediasearch.manifest import ModelManifest
+from mediasearch.model_manifest import ModelManifest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "export" / "tensorrt" / "build_plan.sh"
 

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from mediasearch.dev.triton import (
+    LocalTriton,
+    TritonOptions,
+    _pick_ports,
+    check_repository,
+    failed_models,
+    instance_count,
+)
+from mediasearch.dev.triton_install import link_python_backend, pytriton_root, server_environment
 from mediasearch.errors import NotFound
-from mediasearch.triton import LocalTriton, TritonOptions, check_repository, failed_models
-from mediasearch.triton._install import link_python_backend, pytriton_root, server_environment
-from mediasearch.triton.server import _pick_ports, instance_count
 
 TRITON_LOG = """\
 I1128 01:10:16.4 model_lifecycle.cc:472] loading: clip_text:1

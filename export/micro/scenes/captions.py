@@ -6,14 +6,14 @@ One grammar serves training captions and evaluation queries::
 
 e.g. "two small blue squares on a beige background" or "a photo of one large purple triangle
 on the left". A singular noun always means exactly one shape; a plural noun without a number
-leaves the count open. :func:`mediasearch.scenes.query.parse_query` reads this grammar back.
+leaves the count open. :func:`mediasearch.export.micro.scenes.matching.parse_query` reads this grammar back.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mediasearch.scenes.vocab import (
+from mediasearch.export.micro.scenes.vocab import (
     BACKGROUNDS,
     COLOURS,
     COUNTS,

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mediasearch.dev.processes import free_port
+from mediasearch.dev.triton import LocalTriton, TritonOptions
 from mediasearch.errors import MediaSearchError, Unavailable
-from mediasearch.ports import free_port
-from mediasearch.triton import LocalTriton, TritonOptions
 
 log = logging.getLogger(__name__)
 

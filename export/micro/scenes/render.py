@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mediasearch.scenes.vocab import (
+from mediasearch.export.micro.scenes.vocab import (
     BACKGROUNDS,
     COLOURS,
     COUNTS,

@@ -28,10 +28,10 @@ import numpy as np
 
 from mediasearch.batcher import MicroBatcher
 from mediasearch.errors import ConfigError, DeadlineExceeded, InvalidInput, MediaSearchError, Unavailable
-from mediasearch.index.merge import NO_ID, merge_topk
-from mediasearch.index.shard import SearchParams, Shard
 from mediasearch.rpc import from_rpc_error
 from mediasearch.settings import Settings
+from mediasearch.vector_index.merge import NO_ID, merge_topk
+from mediasearch.vector_index.shard import SearchParams, Shard
 
 log = logging.getLogger(__name__)
 

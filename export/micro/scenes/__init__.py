@@ -3,24 +3,24 @@
 Torch-free (numpy and Pillow): the micro CLIP is trained on these scenes (``export/micro``), and
 the demo, the indexer tests and the semantic end-to-end tests index and query them.
 
-- :mod:`~mediasearch.scenes.vocab`: attribute values, :class:`SceneLabel`, :class:`SceneQuery`.
-- :mod:`~mediasearch.scenes.render`: sample a label, draw it with nuisance variation.
-- :mod:`~mediasearch.scenes.captions`: label or query -> English phrase.
-- :mod:`~mediasearch.scenes.query`: phrase -> attributes; does a label satisfy a query.
-- :mod:`~mediasearch.scenes.gallery`: write and read folders of scenes with JSON sidecars.
+- :mod:`~mediasearch.export.micro.scenes.vocab`: attribute values, :class:`SceneLabel`, :class:`SceneQuery`.
+- :mod:`~mediasearch.export.micro.scenes.render`: sample a label, draw it with nuisance variation.
+- :mod:`~mediasearch.export.micro.scenes.captions`: label or query -> English phrase.
+- :mod:`~mediasearch.export.micro.scenes.matching`: phrase -> attributes; does a label satisfy a query.
+- :mod:`~mediasearch.export.micro.scenes.gallery`: write and read folders of scenes with JSON sidecars.
 """
 
-from mediasearch.scenes.captions import caption, caption_attributes, caption_words, describe
-from mediasearch.scenes.gallery import (
+from mediasearch.export.micro.scenes.captions import caption, caption_attributes, caption_words, describe
+from mediasearch.export.micro.scenes.gallery import (
     GalleryItem,
     encode_scene,
     read_gallery,
     scene_rng,
     write_gallery,
 )
-from mediasearch.scenes.query import label_matches, parse_query
-from mediasearch.scenes.render import render_label, render_scene, sample_label
-from mediasearch.scenes.vocab import (
+from mediasearch.export.micro.scenes.matching import label_matches, parse_query
+from mediasearch.export.micro.scenes.render import render_label, render_scene, sample_label
+from mediasearch.export.micro.scenes.vocab import (
     ATTRIBUTE_VALUES,
     BACKGROUNDS,
     COLOURS,

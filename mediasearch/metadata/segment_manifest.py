@@ -22,7 +22,7 @@ from mediasearch.metadata.db import translated, utc
 from mediasearch.metadata.models import DELETED, LIVE, RETIRED, SegmentRow, TombstoneRow, utcnow
 
 if TYPE_CHECKING:  # the index package imports this module
-    from mediasearch.index.segment import SegmentMeta
+    from mediasearch.vector_index.segment import SegmentMeta
 
 NOTIFY_CHANNEL = "mediasearch_manifest"
 

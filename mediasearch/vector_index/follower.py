@@ -16,8 +16,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import MediaSearchError
-from mediasearch.index.shard import Shard
-from mediasearch.metadata.manifest_repo import NOTIFY_CHANNEL, ShardManifest, load_shard_manifest
+from mediasearch.metadata.segment_manifest import NOTIFY_CHANNEL, ShardManifest, load_shard_manifest
+from mediasearch.vector_index.shard import Shard
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from mediasearch.scenes.vocab import (
+from mediasearch.export.micro.scenes.vocab import (
     BACKGROUNDS,
     COLOURS,
     COUNTS,
@@ -24,7 +24,7 @@ _NUMBERS = {word: n for n, word in COUNTS.items()}
 
 
 def parse_query(text: str) -> SceneQuery:
-    """The attributes ``text`` names, in the grammar of :mod:`mediasearch.scenes.captions`.
+    """The attributes ``text`` names, in the grammar of :mod:`mediasearch.export.micro.scenes.captions`.
 
     "on a gray background" names the background (so "white" there is not the shapes' colour);
     a number word names the count, and so does a singular shape noun ("a red circle" is one);

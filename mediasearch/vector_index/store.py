@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mediasearch.errors import ConfigError, NotFound
-from mediasearch.index.segment import DATA_FILES, META_FILE, SegmentMeta, read_meta, verify
+from mediasearch.vector_index.segment import DATA_FILES, META_FILE, SegmentMeta, read_meta, verify
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def open_store(url: str, *, cache_dir: Path, endpoint_url: str | None = None) ->
     if parsed.scheme in ("", "file"):
         return LocalFolderStore(Path(parsed.netloc + parsed.path))
     if parsed.scheme == "s3":
-        from mediasearch.index.s3store import S3Store
+        from mediasearch.vector_index.s3store import S3Store
 
         return S3Store(parsed.netloc, parsed.path.strip("/"), cache_dir=cache_dir, endpoint_url=endpoint_url)
     if parsed.scheme == "memory":

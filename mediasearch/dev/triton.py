@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mediasearch.dev.triton_install import resolve_install, server_environment
 from mediasearch.errors import ModelError, NotFound, Unavailable
-from mediasearch.manifest import ModelManifest, ServingSpec
-from mediasearch.triton._install import resolve_install, server_environment
+from mediasearch.model_manifest import ModelManifest, ServingSpec
 
 log = logging.getLogger(__name__)
 

@@ -4,21 +4,21 @@ compactor. Writers publish segments; readers never wait for them.
 Re-exported API:
 """
 
-from mediasearch.index.builder import BuildConfig, IndexSpec, build_index, choose_spec, nlist_for
-from mediasearch.index.compactor import CompactionResult, Compactor
-from mediasearch.index.follower import ManifestFollower
-from mediasearch.index.merge import merge_topk
-from mediasearch.index.partition import (
+from mediasearch.vector_index.builder import BuildConfig, IndexSpec, build_index, choose_spec, nlist_for
+from mediasearch.vector_index.compactor import CompactionResult, Compactor
+from mediasearch.vector_index.follower import ManifestFollower
+from mediasearch.vector_index.merge import merge_topk
+from mediasearch.vector_index.partition import (
     DateBucketPartitioner,
     HashPartitioner,
     Partitioner,
     make_partitioner,
 )
-from mediasearch.index.router import GrpcRouter, LocalRouter, Router, RouterResult, make_router
-from mediasearch.index.segment import SegmentMeta, open_index, write_segment
-from mediasearch.index.shard import SearchParams, Shard, ShardStats
-from mediasearch.index.store import LocalFolderStore, MemoryStore, SegmentStore, open_store
-from mediasearch.index.writer import stage_segment
+from mediasearch.vector_index.router import GrpcRouter, LocalRouter, Router, RouterResult, make_router
+from mediasearch.vector_index.segment import SegmentMeta, open_index, write_segment
+from mediasearch.vector_index.shard import SearchParams, Shard, ShardStats
+from mediasearch.vector_index.store import LocalFolderStore, MemoryStore, SegmentStore, open_store
+from mediasearch.vector_index.writer import stage_segment
 
 __all__ = [
     "BuildConfig",

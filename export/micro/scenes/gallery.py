@@ -17,9 +17,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from mediasearch.scenes.captions import caption
-from mediasearch.scenes.render import render_scene
-from mediasearch.scenes.vocab import SceneLabel
+from mediasearch.export.micro.scenes.captions import caption
+from mediasearch.export.micro.scenes.render import render_scene
+from mediasearch.export.micro.scenes.vocab import SceneLabel
 
 ImageFormat = Literal["jpeg", "png"]
 ProgressCallback = Callable[[int, int], None]
@@ -64,7 +64,7 @@ def write_gallery(
     """Render ``count`` scenes into ``out_dir``; return the image paths in scene order.
 
     ``held_out_combos`` lists colour-shape pairs this gallery never draws (pass
-    :data:`~mediasearch.scenes.vocab.HELD_OUT_COMBOS` for a training-like gallery).
+    :data:`~mediasearch.export.micro.scenes.vocab.HELD_OUT_COMBOS` for a training-like gallery).
     ``progress(done, total)`` is called after each scene.
     """
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """The query path: encode -> router (shards) -> candidates after the page cursor -> one batched
 metadata lookup -> filters -> a page of results.
 
-Filtering is oversample-and-refill (see :mod:`gateway.filters` for why not push-down): a round
+Filtering is oversample-and-refill (see :mod:`mediasearch.gateway.filters` for why not push-down): a round
 draws ``k`` candidates from the router, skips those at or before the page cursor, looks the rest
 up in one query and keeps those that pass. Without filters the first round draws exactly what the
 page needs (``served + top_k`` — the next page re-draws from the top, which FAISS does in one
@@ -23,17 +23,17 @@ from typing import TypeVar
 
 import numpy as np
 
-from gateway.admission import Admission
-from gateway.filters import Filters
-from gateway.locator import ImageLocator
-from gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Unavailable
-from mediasearch.index.router import Router
-from mediasearch.index.shard import SearchParams
+from mediasearch.gateway.admission import Admission
+from mediasearch.gateway.filters import Filters
+from mediasearch.gateway.locator import ImageLocator
+from mediasearch.gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.metadata.images_repo import ImageRecord
 from mediasearch.metadata.readers import ImageReader
+from mediasearch.vector_index.router import Router
+from mediasearch.vector_index.shard import SearchParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

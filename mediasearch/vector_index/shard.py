@@ -23,10 +23,10 @@ import faiss
 import numpy as np
 
 from mediasearch.errors import InvalidInput, ManifestMismatch
-from mediasearch.index.merge import merge_topk
-from mediasearch.index.segment import open_index
-from mediasearch.index.store import SegmentStore
-from mediasearch.metadata.manifest_repo import SegmentRecord, ShardManifest
+from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
+from mediasearch.vector_index.merge import merge_topk
+from mediasearch.vector_index.segment import open_index
+from mediasearch.vector_index.store import SegmentStore
 
 log = logging.getLogger(__name__)
 _faiss: Any = faiss  # the stubs lack the SearchParameters keyword constructors

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from mediasearch.errors import CorruptData, InvalidInput
-from mediasearch.index.builder import BuildConfig, build_index
+from mediasearch.vector_index.builder import BuildConfig, build_index
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"

@@ -22,12 +22,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.segment import load_vectors
-from mediasearch.index.store import SegmentStore
-from mediasearch.index.writer import stage_segment
 from mediasearch.metadata.db import translated
-from mediasearch.metadata.manifest_repo import (
+from mediasearch.metadata.segment_manifest import (
     SegmentRecord,
     drop_applied_tombstones,
     known_segment_ids,
@@ -36,6 +32,10 @@ from mediasearch.metadata.manifest_repo import (
     publish_in,
     retired_before,
 )
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.segment import load_vectors
+from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
 

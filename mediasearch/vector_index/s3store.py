@@ -18,8 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mediasearch.errors import NotFound, Unavailable
-from mediasearch.index.segment import DATA_FILES, META_FILE, SegmentMeta
-from mediasearch.index.store import CachingStore, StoredSegment, _segment_id_of
+from mediasearch.vector_index.segment import DATA_FILES, META_FILE, SegmentMeta
+from mediasearch.vector_index.store import CachingStore, StoredSegment, _segment_id_of
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Staging and publishing are separate on purpose: the indexer stages one segment per shard, then
 publishes the image rows and every segment record in ONE transaction
-(``manifest_repo.publish_in(session, records)``). A crash in between leaves only unreferenced
+(``segment_manifest.publish_in(session, records)``). A crash in between leaves only unreferenced
 files, which the compactor's garbage collection removes.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mediasearch.index.builder import BuildConfig
-from mediasearch.index.segment import write_segment
-from mediasearch.index.store import SegmentStore
-from mediasearch.metadata.manifest_repo import SegmentRecord
+from mediasearch.metadata.segment_manifest import SegmentRecord
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.segment import write_segment
+from mediasearch.vector_index.store import SegmentStore
 
 
 def stage_segment(
