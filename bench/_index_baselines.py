@@ -7,14 +7,11 @@ import io
 import struct
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from bench._index_data import recall_at
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -97,25 +94,21 @@ def pgvector_baseline(
     recall@10 >= target; QPS at ``concurrency`` connections."""
     import psycopg
 
-    name = f"mediasearch_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.Error as exc:
-        return BaselineResult("pgvector", None, note=f"PostgreSQL unreachable: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            try:
-                conn.execute("CREATE EXTENSION vector")
-            except psycopg.Error as exc:
-                return BaselineResult(
-                    "pgvector", None, note=f"extension unavailable ({str(exc).strip().splitlines()[0]})"
-                )
-            return _pgvector_run(conn, url, x, queries, truth, target, concurrency, count)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    from mediasearch.dev import postgres
+
+    if not postgres.available():
+        return BaselineResult("pgvector", None, note=f"PostgreSQL unreachable at {postgres.ADMIN_URL}")
+    with (
+        postgres.throwaway_database("mediasearch_bench") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        try:
+            conn.execute("CREATE EXTENSION vector")
+        except psycopg.Error as exc:
+            return BaselineResult(
+                "pgvector", None, note=f"extension unavailable ({str(exc).strip().splitlines()[0]})"
+            )
+        return _pgvector_run(conn, url, x, queries, truth, target, concurrency, count)
 
 
 def _pgvector_run(conn, url, x, queries, truth, target, concurrency, count):  # type: ignore[no-untyped-def]

@@ -183,13 +183,13 @@ async def run_all(
 ) -> dict[tuple[str, str, str], Result]:
     queries, images = make_queries(500), photos()
     naive = NaiveEncoder(repository)
-    batching = BatchingOptions(
+    batching = BatchingOptions.defaults(
         pass_cost_tokens=args.pass_cost, max_inflight=args.local_inflight, ort_threads=args.ort_threads
     )
     local = LocalEncoder(repository, batching=batching)
     triton = TritonEncoder(
         repository,
-        options=TritonClientOptions(
+        options=TritonClientOptions.defaults(
             url=triton_url,
             text_bucket=args.bucket,
             pass_cost_tokens=args.pass_cost,

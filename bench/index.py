@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ import numpy as np
 
 from bench._index_baselines import BaselineResult, hnswlib_baseline, numpy_brute_force, pgvector_baseline
 from bench._index_data import DataSpec, Generator, ground_truth, recall_at
+from mediasearch.dev.processes import Child, free_ports, mediasearch_command, stop_all
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.segment_manifest import load_shard_manifest, publish
 from mediasearch.vector_index.builder import BuildConfig
@@ -57,10 +55,10 @@ def build(x: np.ndarray, shards: int, work: Path, encoding: str) -> tuple[float,
     started = time.perf_counter()
     for s in range(shards):
         mine = owner == s
+        config = BuildConfig.defaults(encoding=encoding)
         rec = stage_segment(
-            store, x[mine], ids[mine], shard=s, model_version="bench", config=BuildConfig(encoding=encoding),
-            work_dir=work,
-        )  # fmt: skip
+            store, x[mine], ids[mine], shard=s, model_version="bench", config=config, work_dir=work
+        )
         publish(sessions, add=[rec])
         say(f"  shard {s}: {rec.count} vectors, {rec.index_type}, {time.perf_counter() - started:.0f}s")
     build_s = time.perf_counter() - started
@@ -91,7 +89,7 @@ def pick_operating_point(
     nprobe=1 recall."""
     nprobe1 = 0.0
     for nprobe in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128):
-        params = SearchParams(k=K, nprobe=nprobe, ef_search=max(128, 2 * nprobe))
+        params = SearchParams.defaults(k=K, nprobe=nprobe, ef_search=max(128, 2 * nprobe))
         r = recall_at(inproc_search(shards, queries, params), truth)
         say(f"  nprobe={nprobe:<4} ef={params.ef_search:<4} recall@10={r:.4f}")
         nprobe1 = r if nprobe == 1 else nprobe1
@@ -107,7 +105,7 @@ def pick_operating_point(
         for nprobe in (4, 6, 8, 12, 16, 24):
             if nprobe >= params.nprobe:
                 break
-            trial = SearchParams(k=K, nprobe=nprobe, ef_search=ef)
+            trial = SearchParams.defaults(k=K, nprobe=nprobe, ef_search=ef)
             r_trial = recall_at(inproc_search(shards, queries, trial), truth)
             say(f"  nprobe={nprobe:<4} ef={ef:<4} recall@10={r_trial:.4f}")
             if r_trial >= TARGET:
@@ -135,24 +133,23 @@ def inproc_qps(shards: list[Shard], queries: np.ndarray, params: SearchParams) -
     return len(queries) / (time.perf_counter() - started)
 
 
-def start_servers(url: str, work: Path, shards: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    procs, files = [], []
-    for s in range(shards):
-        port_file = work / f"shard{s}.port"
-        cmd = [sys.executable, "-m", "mediasearch.cli", "shard-server", "--shard", str(s), "--port", "0",
-               "--port-file", str(port_file), "--database-url", url, "--store-url", (work / "store").as_uri(),
-               "--workers", "8", "--poll-interval", "1"]  # fmt: skip
-        procs.append(
-            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(work / f"shard{s}.log").open("wb"))
-        )
-        files.append(port_file)
-    deadline = time.monotonic() + 120
-    for proc, f in zip(procs, files, strict=True):
-        while not (f.exists() and f.read_text()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"shard server failed; see {work}/shard*.log")
-            time.sleep(0.1)
-    return procs, [f"127.0.0.1:{f.read_text()}" for f in files]
+def start_servers(url: str, work: Path, shards: int) -> tuple[list[Child], list[str]]:
+    """One ``mediasearch shard-server`` per shard, on free ports, SERVING; stop with stop_all."""
+    ports = free_ports(shards)
+    children = []
+    try:
+        for s, port in enumerate(ports):
+            argv = mediasearch_command(
+                "shard-server", "--shard", str(s), "--port", str(port), "--database-url", url,
+                "--store-url", (work / "store").as_uri(), "--workers", "8", "--poll-interval", "1",
+            )  # fmt: skip
+            children.append(Child(f"shard-{s}", argv, log_path=work / f"shard{s}.log").start())
+        for child, port in zip(children, ports, strict=True):
+            child.wait_serving(port)
+    except BaseException:
+        stop_all(children)
+        raise
+    return children, [f"127.0.0.1:{p}" for p in ports]
 
 
 async def served(
@@ -220,17 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     bytes_per_vec = index_bytes(work) / args.n
     del shards
 
-    procs, addresses = start_servers(url, work, args.shards)
+    children, addresses = start_servers(url, work, args.shards)
     try:
         lat1, _, _ = asyncio.run(served(addresses, queries, params, 1, min(1000, args.served_count)))
         lat, qps_served, found = asyncio.run(
             served(addresses, queries, params, args.concurrency, args.served_count)
         )
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop_all(children, timeout_s=30)
     served_recall = recall_at(found, truth)
     p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
     say(

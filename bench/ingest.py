@@ -4,13 +4,14 @@ same run.
 
     python -m bench.ingest              (make bench-ingest ARGS=...)
 
-Everything is real and local: moto's S3 + SQS server in its own process (notifications configured on
-the bucket), PostgreSQL on 127.0.0.1:5432 (a throwaway database; SQLite if it is not reachable), a
-local ``tritonserver`` (CPU flavour) over the ViT-B/32-shaped CLIP of :mod:`bench.models` (random
-weights, production's compute cost; exported once under build/bench/), the indexer as its own
-process with ``MEDIASEARCH_ENCODER=triton``, segments in a local folder (a shared volume), and one
-``mediasearch shard-server`` process per shard following the manifest. The images are generated
-scenes (``--size`` px JPEGs, a few kB; the vision tower resizes everything to 224 px anyway).
+Everything is real and local: the ``make up`` cluster (:mod:`mediasearch.dev.cluster`) without its
+gateway and compactor: moto's S3 + SQS server in its own process (the bucket notifying the queue),
+PostgreSQL on 127.0.0.1:5432 (a throwaway database; SQLite if it is not reachable), a local
+``tritonserver`` (CPU flavour) over the ViT-B/32-shaped CLIP of :mod:`bench.models` (random weights,
+production's compute cost; exported once under build/bench/), ``mediasearch indexer`` with
+``MEDIASEARCH_ENCODER=triton``, segments in a local folder (a shared volume), and one
+``mediasearch shard-server`` per shard. The images are generated scenes (``--size`` px JPEGs, a few
+kB; the vision tower resizes everything to 224 px anyway).
 
 The indexer is warmed up first (one image PUT, indexed and searchable), then:
 
@@ -32,26 +33,15 @@ The indexer is warmed up first (one image PUT, indexed and searchable), then:
    the pipeline sustains (``--latency-rate``; default half the e2e rate just measured), and for
    each the delay from its PUT returning to a shard server first serving it.
 
-Why two phases: a burst measures throughput, but every image in it waits behind the backlog of the
-ones PUT before it (the last of 2,000 waits for the 1,999 before it to be encoded), so its PUT ->
-searchable delays measure the queue, not the pipeline; the burst's delays are printed only as
-such. "Delay while ingesting" is what an image waits when images arrive at a rate the pipeline
-keeps up with: the paced phase. Its batches are small (the indexer encodes what has arrived after
-``INDEXER_BATCH_WAIT_MS``), which is what keeps the delay short.
+Why two phases: every image of a burst waits behind the ones PUT before it, so its PUT -> searchable
+delays measure the queue, not the pipeline (printed only as such). "Delay while ingesting" is what an
+image waits when images arrive at a rate the pipeline keeps up with: the paced phase, whose small
+batches (what arrived within ``INDEXER_BATCH_WAIT_MS``) keep the delay short.
 
-Searchable is observed from outside, as a client would: a thread polls every shard server's
-``Stats`` (every 0.1 s); for each segment it lists for the first time it reads the segment's ids
-from the store, checks with a ``Search`` (one of the segment's own vectors, k=10) that the server
-answers with it, and records that time for all of the segment's ids. The poller is paused during the
-raw encoder phases.
-
-Where the CPU went: each phase prints the core-seconds of each process group, read from /proc
-(Triton with its backend processes, moto, the indexer, the shard servers, this process, every
-PostgreSQL process, and the rest of the machine: other tenants of a shared machine, and idle), and
-Triton's CPU per image alone and in the burst. On a shared machine the ratio within one run is what
-counts; these lines say how much of the machine the encoder had in each phase, and who had the rest
-(moto, the emulated S3 and SQS, runs on the same cores here and not in production; its SQS
-ReceiveMessage costs CPU in proportion to the queue's depth, which a burst keeps deep).
+Searchable is observed from outside, as a client would (:mod:`bench._ingest_watch`; paused during
+the raw encoder phases). Each phase prints where the CPU went (:mod:`bench._cpu`): moto, the
+emulated S3 and SQS, runs on the same cores here and not in production, and its SQS ReceiveMessage
+costs CPU in proportion to the queue's depth, which a burst keeps deep.
 
 The last line is the summary:
 ``ingest: images=N e2e_ips=... encoder_ips=... efficiency=... put_to_searchable_p50_s=...``
@@ -65,9 +55,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -75,14 +62,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
+from bench._cpu import CpuMeter
+from bench._ingest_watch import Searchable
 from bench.models import BUILD, vitb32_repository
-from mediasearch.dev.processes import free_port
+from mediasearch.dev import emulated_aws, postgres
+from mediasearch.dev.cluster import ClusterOptions, DevCluster
+from mediasearch.metadata.db import make_engine, session_factory
+from mediasearch.settings import Settings
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 ENCODE_INFLIGHT = 2  # the indexer's PipelineOptions.encode_inflight
 
 
@@ -95,39 +86,41 @@ def images(count: int, size: int, seed: int = 7) -> list[bytes]:
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    from sqlalchemy import text
-
-    from mediasearch.metadata.db import make_engine
-
-    name = f"mediasearch_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        print(f"PostgreSQL unavailable ({type(exc).__name__}); using SQLite", flush=True)
-        yield f"sqlite:///{BUILD / (name + '.db')}"
+    """A throwaway PostgreSQL database, or a SQLite file when the server is not reachable."""
+    if not postgres.available():
+        print("PostgreSQL unavailable; using SQLite", flush=True)
+        yield f"sqlite:///{BUILD / f'ingest-{uuid.uuid4().hex[:8]}.db'}"
         return
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres.throwaway_database("mediasearch_bench") as url:
+        yield url
 
 
-def wait_for(endpoint: str, timeout_s: float = 30.0) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-            return
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
+def cluster_options(args: argparse.Namespace, repository: Path, database_url: str) -> ClusterOptions:
+    """``make up``'s cluster without the gateway and the compactor: moto (its own process), Triton
+    (all cores), the indexer, ``--shards`` shard servers; segments on a local folder (a shared
+    volume: moto's one process is busy enough with S3 and SQS; S3 segment stores are covered by the
+    integration tests)."""
+    work = BUILD / f"ingest-{uuid.uuid4().hex[:8]}"
+    settings = {
+        # two batches of 32 in flight take 8-12 s each on 2 busy cores: over the 30 s default at times
+        "TRITON_TIMEOUT_S": 120,
+        "INDEXER_BATCH_SIZE": args.batch_size,
+        "INDEXER_WAIT_TIME_S": 1,
+        "SHARD_POLL_INTERVAL_S": 1,
+    }
+    return ClusterOptions(
+        workdir=work,
+        repository=repository,
+        database_url=database_url,
+        num_shards=args.shards,
+        free_ports=True,
+        compactor=False,
+        gateway=False,
+        segment_store_url=(work / "segments").as_uri(),
+        shard_workers=2,
+        triton_threads=args.triton_ort_threads,
+        env={f"MEDIASEARCH_{k}": str(v) for k, v in settings.items()},
+    )
 
 
 async def encoder_seconds(repository: Path, grpc_url: str, data: list[bytes], batch: int) -> float:
@@ -135,7 +128,7 @@ async def encoder_seconds(repository: Path, grpc_url: str, data: list[bytes], ba
     in flight as the indexer keeps), after a one-batch warm-up."""
     from mediasearch.encoders import TritonClientOptions, TritonEncoder
 
-    options = TritonClientOptions(url=grpc_url, timeout_s=300)
+    options = TritonClientOptions.defaults(url=grpc_url, timeout_s=300)
     async with TritonEncoder(repository, options=options) as enc:
         await enc.encode_images(data[:batch])  # warm-up: connection, first run
         gate = asyncio.Semaphore(ENCODE_INFLIGHT)
@@ -149,94 +142,12 @@ async def encoder_seconds(repository: Path, grpc_url: str, data: list[bytes], ba
         return time.perf_counter() - started
 
 
-def start_shard_servers(env: dict[str, str], shards: int, work: Path) -> tuple[list[Any], list[str]]:
-    procs, files = [], []
-    for s in range(shards):
-        port_file = work / f"shard{s}.port"
-        port_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "mediasearch.cli", "shard-server", "--shard", str(s), "--port", "0",
-               "--port-file", str(port_file), "--workers", "2"]  # fmt: skip
-        log = (work / f"ingest-shard{s}.log").open("wb")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-        files.append(port_file)
-    deadline = time.monotonic() + 120
-    for proc, f in zip(procs, files, strict=True):
-        while not (f.exists() and f.read_text()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                for p in procs:
-                    p.kill()
-                raise RuntimeError(f"a shard server failed to start; see {work}/ingest-shard*.log")
-            time.sleep(0.1)
-    return procs, [f"127.0.0.1:{f.read_text()}" for f in files]
-
-
-class Searchable:
-    """Polls the shard servers' Stats; records when each image id is first served (see the docstring)."""
-
-    def __init__(self, addresses: list[str], store_root: Path, interval_s: float = 0.1) -> None:
-        import grpc
-
-        from mediasearch._proto.mediasearch.v1 import shard_pb2_grpc
-
-        self.channels = [grpc.insecure_channel(a) for a in addresses]
-        self.stubs = [shard_pb2_grpc.ShardServiceStub(c) for c in self.channels]
-        self.store_root = store_root
-        self.interval_s = interval_s
-        self.seen: dict[int, float] = {}
-        self.segments: set[str] = set()
-        self.search_misses = 0
-        self.running = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="searchable", daemon=True)
-
-    def start(self) -> None:
-        self.running.set()
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.running.set()
-        self._thread.join(timeout=10)
-        for c in self.channels:
-            c.close()
-
-    def _loop(self) -> None:
-        from mediasearch._proto.mediasearch.v1 import shard_pb2
-        from mediasearch.vector_index.segment import load_vectors
-
-        while not self._stop.is_set():
-            self.running.wait()
-            for stub in self.stubs:
-                try:
-                    stats = stub.Stats(shard_pb2.ShardStatsRequest(), timeout=5)
-                except Exception:  # a slow answer under load: next round
-                    continue
-                for sid in stats.segment_ids:
-                    if sid in self.segments:
-                        continue
-                    ids, vectors = load_vectors(self.store_root / sid)
-                    query = np.ascontiguousarray(vectors[:1], dtype=np.float32)
-                    request = shard_pb2.ShardSearchRequest(queries=query.tobytes(), dim=query.shape[1], k=10)
-                    try:
-                        hits = stub.Search(request, timeout=5).results[0].ids
-                    except Exception:
-                        continue
-                    if int(ids[0]) not in hits:
-                        self.search_misses += 1
-                        continue
-                    now = time.time()
-                    self.segments.add(sid)
-                    for i in ids.tolist():
-                        self.seen.setdefault(int(i), now)
-            self._stop.wait(self.interval_s)
-
-
 class Bench:
-    def __init__(self, args: argparse.Namespace, s3: Any, bucket: str, sessions: Any) -> None:
-        self.args, self.s3, self.bucket, self.sessions = args, s3, bucket, sessions
+    def __init__(self, args: argparse.Namespace, bucket: emulated_aws.NotifyingBucket, sessions: Any) -> None:
+        self.args, self.objects, self.bucket, self.sessions = args, bucket, bucket.name, sessions
 
     def put(self, key: str, body: bytes) -> float:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="image/jpeg")
+        self.objects.put(key, body, "image/jpeg")
         return time.time()
 
     def wait_indexed(
@@ -323,76 +234,8 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _procs() -> dict[int, tuple[int, str, float, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far, with its waited-for children's) for every
-    process, from /proc."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        own = (int(fields[11]) + int(fields[12])) / TICK
-        out[int(d.name)] = (int(fields[1]), name, own, own + (int(fields[13]) + int(fields[14])) / TICK)
-    return out
-
-
-class CpuMeter:
-    """Where the machine's CPU time went during a phase: our processes (each with its descendants),
-    PostgreSQL (every client's), the other tenants of this shared machine, and idle."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-
-    def snapshot(self) -> tuple[float, dict[str, float], float, float]:
-        procs = _procs()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, *_) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        used: dict[str, float] = {}
-        for group, roots in self.groups.items():
-            todo, total = list(roots), 0.0
-            while todo:
-                pid = todo.pop()
-                if pid in procs:
-                    total += procs[pid][2]
-                    if group != "bench":  # the others are this process's children: counted apart
-                        todo += children.get(pid, [])
-            used[group] = total
-        used["postgres"] = sum(p[3] for p in procs.values() if p[1].startswith("postgres"))
-        cpu = [int(x) / TICK for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        idle = cpu[3] + cpu[4]
-        return time.time(), used, sum(cpu[:8]) - idle, idle
-
-    def report(self, before: tuple[float, dict[str, float], float, float], what: str) -> dict[str, float]:
-        t0, used0, busy0, idle0 = before
-        t1, used1, busy1, idle1 = self.snapshot()
-        delta = {g: used1[g] - used0.get(g, 0.0) for g in used1}
-        delta["other tenants"] = max(0.0, (busy1 - busy0) - sum(delta.values()))
-        delta["idle"] = idle1 - idle0
-        parts = ", ".join(f"{g} {v:.0f}" for g, v in delta.items())
-        print(
-            f"  cpu during {what} ({t1 - t0:.0f}s x {os.cpu_count()} cores, core-seconds): {parts}",
-            flush=True,
-        )
-        return {**delta, "wall_s": t1 - t0}
-
-
 def run(args: argparse.Namespace) -> str:
-    import boto3
-    from botocore.config import Config
-
-    from mediasearch.dev.triton import LocalTriton, TritonOptions
-    from mediasearch.metadata.db import make_engine, migrate, session_factory
-
-    os.environ.update(AWS_ENV)
+    os.environ.update(emulated_aws.ENV)
     repository, exported = vitb32_repository()
     if exported is not None:
         print(f"exported the ViT-B/32-shaped CLIP in {exported:.0f}s", flush=True)
@@ -403,61 +246,23 @@ def run(args: argparse.Namespace) -> str:
     print(f"{len(data)} images ({args.size} px JPEG, {size_kb:.1f} kB); ViT-B/32-shaped CLIP ({repository}); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     started = time.time()
-    port = free_port()
-    moto = subprocess.Popen(  # its own process: moto's request handling would share our GIL otherwise
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    procs: list[Any] = []
-    watcher: Searchable | None = None
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_for(endpoint)
-        s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(max_pool_connections=8))
-        sqs = boto3.client("sqs", endpoint_url=endpoint)
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        s3.create_bucket(Bucket=bucket)
-        queue = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket,
-            NotificationConfiguration={
-                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
-            },
-        )
-        with (
-            LocalTriton(TritonOptions(repository, ort_threads=args.triton_ort_threads)) as triton,
-            database() as db,
-        ):
-            print(f"tritonserver on {triton.grpc_url}; database {db.split('/')[-1]}", flush=True)
-            # Segments on a shared volume (the ARCHITECTURE's other store): moto's one process is
-            # busy enough with S3 and SQS; S3 segment stores are covered by the integration tests.
-            store_root = BUILD / f"ingest-segments-{bucket}"
-            env = {**os.environ, **{f"MEDIASEARCH_{k}": str(v) for k, v in {
-                "DATABASE_URL": db, "SEGMENT_STORE_URL": store_root.as_uri(), "S3_ENDPOINT_URL": endpoint,
-                "SEGMENT_CACHE_DIR": BUILD / "ingest-cache", "INDEXER_QUEUE_URL": queue,
-                "MODEL_REPOSITORY": repository, "ENCODER": "triton", "TRITON_GRPC_URL": triton.grpc_url,
-                # two batches of 32 in flight take 8-12 s each on 2 busy cores: over the 10 s default
-                "TRITON_TIMEOUT_S": 120,
-                "INDEXER_BATCH_SIZE": args.batch_size, "INDEXER_WAIT_TIME_S": 1, "NUM_SHARDS": args.shards,
-                "SHARD_POLL_INTERVAL_S": 1,
-            }.items()}}  # fmt: skip
+    with database() as db:
+        cluster = DevCluster(cluster_options(args, repository, db), Settings.defaults())
+        watcher: Searchable | None = None
+        try:
+            info = cluster.start()
+            print(f"cluster: tritonserver on {info['triton']}, moto on {info['s3_endpoint']}, "
+                  f"database {db.split('/')[-1]}", flush=True)  # fmt: skip
             engine = make_engine(db)
-            migrate(engine)  # before the services start: concurrent first migrations race on PostgreSQL
-            shard_procs, addresses = start_shard_servers(env, args.shards, BUILD)
-            procs += shard_procs
             sessions = session_factory(engine)
-            watcher = Searchable(addresses, store_root)
+            watcher = Searchable(info["shards"], Path(urlparse(info["segment_store_url"]).path))
             watcher.start()
-            indexer_log = BUILD / "ingest-indexer.log"
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mediasearch.cli", "indexer"],
-                env=env, stdout=subprocess.DEVNULL, stderr=indexer_log.open("w"),
-            ))  # fmt: skip
-            bench = Bench(args, s3, bucket, sessions)
+            bucket = emulated_aws.NotifyingBucket.create(info["s3_endpoint"], info["bucket"], notify=False)
+            bench = Bench(args, bucket, sessions)
+            pids = cluster.pids()
             meter = CpuMeter({
-                "triton": [triton.pid or 0], "moto": [moto.pid], "indexer": [procs[-1].pid],
-                "shard servers": [p.pid for p in shard_procs], "bench": [os.getpid()],
+                "triton": [pids["triton"]], "moto": [pids["moto"]], "indexer": [pids["indexer"]],
+                "shard servers": [pids[f"shard-{s}"] for s in range(args.shards)], "bench": [os.getpid()],
             })  # fmt: skip
 
             # 0. warm-up: the indexer connects to Triton, the database and SQS; one image end to end
@@ -470,7 +275,7 @@ def run(args: argparse.Namespace) -> str:
             half = n // 2
             watcher.running.clear()
             load_a, cpu = os.getloadavg()[0], meter.snapshot()
-            enc_a = asyncio.run(encoder_seconds(repository, triton.grpc_url, burst[:half], args.batch_size))
+            enc_a = asyncio.run(encoder_seconds(repository, info["triton"], burst[:half], args.batch_size))
             print(f"raw encoder, images 1-{half}: {half / enc_a:.2f} images/s "
                   f"(load average {load_a:.2f})", flush=True)  # fmt: skip
             raw_cpu = meter.report(cpu, "raw encoder, first half")
@@ -504,7 +309,7 @@ def run(args: argparse.Namespace) -> str:
             # 3. raw encoder, second half
             watcher.running.clear()
             load_c, cpu = os.getloadavg()[0], meter.snapshot()
-            enc_b = asyncio.run(encoder_seconds(repository, triton.grpc_url, burst[half:], args.batch_size))
+            enc_b = asyncio.run(encoder_seconds(repository, info["triton"], burst[half:], args.batch_size))
             print(f"raw encoder, images {half + 1}-{n}: {(n - half) / enc_b:.2f} images/s "
                   f"(load average {load_c:.2f})", flush=True)  # fmt: skip
             raw_b = meter.report(cpu, "raw encoder, second half")
@@ -544,28 +349,18 @@ def run(args: argparse.Namespace) -> str:
             print(f"paced: {m} images PUT at {rate:.1f}/s ({achieved:.2f}/s achieved); "
                   f"PUT -> searchable p50 {p50:.2f}s p90 {p90:.2f}s max {max(delays):.2f}s; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
-            procs[-1].send_signal(signal.SIGTERM)
-            procs[-1].wait(timeout=60)
-            log = indexer_log.read_text(errors="replace")
-            warnings = len(re.findall(r"WARNING|ERROR", log))
-            print(f"indexer log {indexer_log}: {warnings} warning/error lines; shard servers served "
+            indexer = cluster.children["indexer"]
+            indexer.stop(timeout_s=60)
+            assert indexer.log_path is not None
+            warnings = len(re.findall(r"WARNING|ERROR", indexer.log_path.read_text(errors="replace")))
+            print(f"indexer log {indexer.log_path}: {warnings} warning/error lines; shard servers served "
                   f"{len(watcher.segments)} segments ({watcher.search_misses} Search checks retried); "
                   f"whole bench {time.time() - started:.0f}s", flush=True)  # fmt: skip
-            watcher.close()
-            watcher = None
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=30)
-            procs = []
             engine.dispose()
-    finally:
-        if watcher is not None:
-            watcher.close()
-        for p in procs:
-            p.kill()
-        moto.terminate()
-        moto.wait(timeout=30)
+        finally:
+            if watcher is not None:
+                watcher.close()
+            cluster.stop()
     print(f"raw encoder: {enc_ips:.2f} images/s over the same {n} images (batch {args.batch_size}, "
           f"{ENCODE_INFLIGHT} in flight, two halves around the burst); "
           f"efficiency {e2e / enc_ips:.2f}")  # fmt: skip

@@ -31,10 +31,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,15 +44,14 @@ from bench._queries import make_queries
 from bench.encoders import NaiveEncoder
 from bench.models import BUILD, vitb32_repository
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
-from mediasearch.dev.triton import LocalTriton, TritonOptions
+from mediasearch.dev.cluster import ClusterOptions, DevCluster
 from mediasearch.encoders.triton import TritonClientOptions, TritonEncoder
+from mediasearch.settings import Settings
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SHARDS = 2
 K = 10
 T0 = "2026-01-01T00:00:00Z"
 BACKOFF_S = 0.05  # first back-off of a refused caller; doubles to 1 s, jittered, reset by an answer
-AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def say(msg: str) -> None:
@@ -66,8 +61,7 @@ def say(msg: str) -> None:
 # -- setup ---------------------------------------------------------------------------------------
 def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
     """Vectors in segments (2 shards) + one images row per vector in PostgreSQL; cached by n."""
-    from sqlalchemy import text
-
+    from mediasearch.dev.postgres import ADMIN_URL, create_database, database_exists
     from mediasearch.metadata.db import make_engine, migrate, session_factory
     from mediasearch.metadata.segment_manifest import publish
     from mediasearch.vector_index.builder import BuildConfig
@@ -76,24 +70,18 @@ def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
     from mediasearch.vector_index.writer import stage_segment
 
     db = f"mediasearch_bench_query_{n}"
-    url = f"postgresql://postgres@127.0.0.1:5432/{db}"
+    url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{db}"
     x = Generator(DataSpec(n=n, dim=512)).vectors()
     stamp = work / "ready.json"
     if (work / "store").exists() and not stamp.is_file():
         import shutil
 
         shutil.rmtree(work / "store")
-    admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": db}).first()
-        if stamp.is_file() and exists and json.loads(stamp.read_text()).get("version") == version:
-            say(f"setup: cached {n} vectors in {work} and database {db}")
-            admin.dispose()
-            _analyze(url)
-            return url, x
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{db}"'))
-    admin.dispose()
+    if stamp.is_file() and database_exists(url) and json.loads(stamp.read_text()).get("version") == version:
+        say(f"setup: cached {n} vectors in {work} and database {db}")
+        _analyze(url)
+        return url, x
+    create_database(url, replace=True)
     engine = make_engine(url)
     migrate(engine)
     started = time.perf_counter()
@@ -119,7 +107,7 @@ def prepare(n: int, work: Path, version: str) -> tuple[str, np.ndarray]:
         t0 = time.perf_counter()
         mine = owner == s
         record = stage_segment(store, x[mine], ids[mine], shard=s, model_version=version,
-                               config=BuildConfig(encoding="Flat"), work_dir=work)  # fmt: skip
+                               config=BuildConfig.defaults(encoding="Flat"), work_dir=work)  # fmt: skip
         publish(sessions, add=[record])
         say(f"setup: shard {s} {record.count} vectors {record.index_type} in {time.perf_counter() - t0:.0f}s")
     engine.dispose()
@@ -154,24 +142,6 @@ def hnsw_index(x: np.ndarray, work: Path) -> Any:
     index.set_ef(128)
     index.set_num_threads(1)
     return index
-
-
-def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mediasearch.cli", *cmd],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **AWS, **env},
-    )
-
-
-def wait_port(proc: subprocess.Popen[bytes], port_file: Path, log: Path) -> int:
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{log.name}: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return int(port_file.read_text().split()[0])
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -216,7 +186,7 @@ async def measure(
     args: argparse.Namespace, gateway: str, triton_url: str, repo: Path, hnsw: Any, db: str
 ) -> dict[str, Any]:
     queries = make_queries(3000, seed=1)
-    encoder = TritonEncoder(repo, "clip", options=TritonClientOptions(url=triton_url))
+    encoder = TritonEncoder(repo, "clip", options=TritonClientOptions.defaults(url=triton_url))
     await encoder.start()
     channel = grpc.aio.insecure_channel(gateway)
     stub = search_pb2_grpc.SearchServiceStub(channel)
@@ -318,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per c16 measurement and round")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: %(default)s)")
     ap.add_argument("--overload-s", type=float, default=10.0)
-    ap.add_argument("--triton-instances", type=int, default=1)
     args = ap.parse_args(argv)
 
     repo, export_s = vitb32_repository()
@@ -331,44 +300,31 @@ def main(argv: list[str] | None = None) -> int:
     url, x = prepare(args.n, work, ModelManifest.load(repo, "clip").version)
     hnsw = hnsw_index(x, work)
     del x
-    procs: list[subprocess.Popen[bytes]] = []
-    with LocalTriton(TritonOptions(repo, log_file=work / "triton.log")) as triton:
-        try:
-            addresses = []
-            for s in range(SHARDS):
-                pf, log = work / f"shard{s}.port", work / f"shard{s}.log"
-                pf.unlink(missing_ok=True)
-                cmd = ["shard-server", "--shard", str(s), "--port", "0", "--port-file", str(pf),
-                       "--database-url", url, "--store-url", (work / "store").as_uri(),
-                       "--cache-dir", str(work / "cache"), "--workers", "4"]  # fmt: skip
-                procs.append(start(cmd, log, {}))
-                addresses.append(f"127.0.0.1:{wait_port(procs[-1], pf, log)}")
-            pf, log = work / "gateway.port", work / "gateway.log"
-            pf.unlink(missing_ok=True)
-            env = {
-                "MEDIASEARCH_DATABASE_URL": url,
-                "MEDIASEARCH_SHARD_ADDRESSES": json.dumps(addresses),
-                "MEDIASEARCH_ENCODER": "triton",
-                "MEDIASEARCH_TRITON_GRPC_URL": triton.grpc_url,
-                "MEDIASEARCH_MODEL_REPOSITORY": str(repo),
-                "MEDIASEARCH_LOG_LEVEL": "WARNING",
-            }
-            procs.append(
-                start(["serve", "--port", "0", "--metrics-port", "0", "--port-file", str(pf)], log, env)
-            )
-            gateway = f"127.0.0.1:{wait_port(procs[-1], pf, log)}"
-            say(f"cluster: triton {triton.grpc_url}, shards {addresses}, gateway {gateway}")
-            out = asyncio.run(measure(args, gateway, triton.grpc_url, repo, hnsw, url))
-            alive = procs[-1].poll() is None
-        finally:
-            for proc in reversed(procs):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    options = ClusterOptions(
+        workdir=work / "cluster",
+        repository=repo,
+        database_url=url,
+        num_shards=SHARDS,
+        free_ports=True,
+        indexer=False,
+        compactor=False,
+        segment_store_url=(work / "store").as_uri(),
+        shard_workers=4,
+        triton_threads=0,  # Triton's default here: the cores shared by the model instances
+        env={
+            "MEDIASEARCH_SEGMENT_CACHE_DIR": str(work / "cache"),
+            "MEDIASEARCH_LOG_LEVEL": "WARNING",
+            "MEDIASEARCH_ROUTER_ALLOW_PARTIAL": "false",  # a shard missing its deadline is an error here
+        },
+    )
+    cluster = DevCluster(options, Settings.defaults())
+    try:
+        info = cluster.start()
+        say(f"cluster: triton {info['triton']}, shards {info['shards']}, gateway {info['gateway']}")
+        out = asyncio.run(measure(args, info["gateway"], info["triton"], repo, hnsw, url))
+        alive = cluster.children["gateway"].running()
+    finally:
+        cluster.stop()
     lat, qps, counts = out["overload"]
     other = {k: v for k, v in counts.items() if k not in ("OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")}
     graceful = alive and not other and (not lat or p(lat, 99) <= 1000 * 1.2)

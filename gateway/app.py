@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch._proto.mediasearch.v1 import search_pb2
@@ -29,32 +28,16 @@ from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import QueryLimits, SearchEngine
 from mediasearch.gateway.search_server import SearchServer
-from mediasearch.metadata.db import make_engine, migrate, session_factory, translated
-from mediasearch.metadata.models import ImageRow
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.images_repo import count_by_status
 from mediasearch.metadata.readers import open_image_reader
-from mediasearch.rpc import from_rpc_error
 from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import ManifestFollower
-from mediasearch.vector_index.router import GrpcRouter, LocalRouter, Router, make_router
+from mediasearch.vector_index.router import Router, make_router
 from mediasearch.vector_index.shard import Shard
 from mediasearch.vector_index.store import open_store
 
 log = logging.getLogger(__name__)
-
-
-def limits_from(settings: Settings) -> QueryLimits:
-    return QueryLimits(
-        max_top_k=settings.gateway_max_top_k,
-        max_query_chars=settings.gateway_max_query_chars,
-        deadline_s=settings.gateway_deadline_s,
-        max_active=settings.gateway_max_active,
-        max_inflight=settings.gateway_max_inflight,
-        max_candidates=settings.gateway_max_candidates,
-        oversample=settings.gateway_oversample,
-        token_secret=settings.gateway_token_secret,
-        nprobe=settings.search_nprobe,
-        ef_search=settings.search_ef,
-    )
 
 
 @dataclass
@@ -68,6 +51,7 @@ class Gateway:
     router: Router
     sessions: sessionmaker[Session]
     followers: list[ManifestFollower] = field(default_factory=list)
+    shards: list[Shard] = field(default_factory=list)  # in-process ones (embedded mode)
     search: SearchEngine | None = None
     port: int = 0
     metrics_port: int = 0
@@ -87,7 +71,7 @@ class Gateway:
         self.metrics.stop()
         for follower in self.followers:
             follower.stop()
-        for shard in getattr(self.router, "shards", ()):
+        for shard in self.shards:
             shard.close()
         await self.router.close()
         await self.encoder.close()
@@ -96,7 +80,12 @@ class Gateway:
             bind.dispose()
 
     async def stats(self) -> object:
-        shards = await shard_stats(self.router)
+        shards = [
+            search_pb2.ShardStats(
+                shard=s.shard, vectors=s.vectors, segments=s.segments, available=s.available
+            )
+            for s in await self.router.stats()
+        ]
         by_status = await asyncio.to_thread(_images_by_status, self.sessions)
         return search_pb2.StatsResponse(
             shards=shards,
@@ -139,12 +128,18 @@ async def start_gateway(
         s3_endpoint_url=settings.s3_endpoint_url,
         presign=settings.gateway_presign_urls,
         expiry_s=settings.gateway_url_expiry_s,
+        max_bytes=settings.max_image_bytes,
     )
     search = SearchEngine(
-        encoder, router, open_image_reader(engine), locator, limits_from(settings), metrics.observe_stage
+        encoder,
+        router,
+        open_image_reader(engine),
+        locator,
+        QueryLimits.from_settings(settings),
+        metrics.observe_stage,
     )
     metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
-    gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, search)  # type: ignore[arg-type]
+    gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, shards, search)  # type: ignore[arg-type]
     gateway.server = SearchServer(
         search,
         gateway.stats,
@@ -174,47 +169,39 @@ async def start_gateway(
     return gateway
 
 
-async def shard_stats(router: Router) -> list[Any]:
-    """One ShardStats per shard: in-process shards directly, shard servers over their Stats RPC."""
-    if isinstance(router, LocalRouter):
-        out = []
-        for shard in router.shards:
-            s = shard.stats()
-            out.append(
-                search_pb2.ShardStats(
-                    shard=s.shard, vectors=s.vectors, segments=len(s.segments), available=True
-                )
-            )
-        return out
-    assert isinstance(router, GrpcRouter)
-    return list(await asyncio.gather(*(_remote_stats(i, r) for i, r in enumerate(router.replicas))))
+def serve_gateway(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    on_ready: Callable[[Gateway], None] | None = None,
+) -> None:
+    """``mediasearch serve``: run the gateway until SIGTERM or SIGINT, then stop it cleanly.
+    ``on_ready(gateway)`` is called once it serves."""
 
-
-async def _remote_stats(shard: int, replicas: list[str]) -> Any:
-    from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
-
-    for address in replicas:
+    async def serve() -> None:
+        gateway = await start_gateway(settings, port=port, metrics_port=metrics_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                s = await shard_pb2_grpc.ShardServiceStub(channel).Stats(
-                    shard_pb2.ShardStatsRequest(), timeout=1.0
-                )
-            return search_pb2.ShardStats(
-                shard=shard, vectors=s.vectors, segments=len(s.segment_ids), available=True
-            )
-        except grpc.RpcError as exc:
-            log.warning("%s", from_rpc_error(exc, f"stats of shard {shard} at {address}"))
-    return search_pb2.ShardStats(shard=shard, available=False)
+            if on_ready is not None:
+                on_ready(gateway)
+            await stop.wait()
+        finally:
+            await gateway.stop()
+
+    asyncio.run(serve())
 
 
 def _images_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
     try:
-        with translated("counting images"), sessions() as session:
-            rows = session.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()
+        with sessions() as session:
+            return count_by_status(session)
     except MediaSearchError as exc:
         log.warning("stats: %s", exc)
         return {}
-    return {str(status): int(n) for status, n in rows}
 
 
 def embedded_settings(folder: Path) -> dict[str, object]:

@@ -1,8 +1,9 @@
 """Where an indexed image lives: its URL for callers, and its bytes ("more like this").
 
-Images in S3 get presigned URLs (signed locally by :mod:`mediasearch.gateway.presign`: no request is made) or
-``s3://`` URLs;
-images indexed from a local folder (embedded mode) get ``file://`` URLs under ``images_root``.
+Images in S3 get presigned URLs (signed locally by :mod:`mediasearch.gateway.presign`: no request is
+made) or ``s3://`` URLs; images indexed from a local folder (embedded mode) get ``file://`` URLs
+under ``images_root``. Bytes are read through :mod:`mediasearch.objects`, the same reader the
+indexer fetches with.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
 
-from mediasearch.errors import NotFound, Unavailable
+from mediasearch import aws
+from mediasearch.errors import ImageError, NotFound
 from mediasearch.gateway.presign import Presigner
 from mediasearch.metadata.images_repo import ImageRecord
+from mediasearch.objects import FolderObjects, ObjectReader, S3Objects
 
 log = logging.getLogger(__name__)
 LOCAL_BUCKET = "local"  # the bucket name of images indexed from a local folder
@@ -30,26 +32,30 @@ class ImageLocator:
         s3_endpoint_url: str | None = None,
         presign: bool = True,
         expiry_s: int = 3600,
+        max_bytes: int,
     ) -> None:
         self.images_root = images_root.resolve() if images_root is not None else None
         self.s3_endpoint_url = s3_endpoint_url
         self.presign = presign
         self.expiry_s = expiry_s
-        self._s3: Any = None
+        self.max_bytes = max_bytes
+        self._folder = FolderObjects(self.images_root or Path("/"), max_bytes=max_bytes)
+        self._s3: ObjectReader | None = None
         self._presigner: Presigner | None = None
         self._resolved = False
+        self._warned = False
 
     def warm(self) -> None:
         """Resolve credentials now (up to a second) rather than in the first request."""
-        if self.presign:
-            self._get_presigner()
-
-    def _get_presigner(self) -> Presigner | None:
-        if not self._resolved:
+        if self.presign and not self._resolved:
             self._resolved = True
             self._presigner = Presigner.from_environment(self.s3_endpoint_url)
-            if self._presigner is None:
-                log.warning("no AWS credentials: returning s3:// URLs instead of presigned ones")
+
+    def _get_presigner(self) -> Presigner | None:
+        self.warm()
+        if self._presigner is None and not self._warned:  # said once, when an S3 image needs a URL
+            self._warned = True
+            log.warning("no AWS credentials: returning s3:// URLs instead of presigned ones")
         return self._presigner
 
     def _local_path(self, image: ImageRecord) -> Path | None:
@@ -60,11 +66,11 @@ class ImageLocator:
             return self.images_root / key
         return None
 
-    def _client(self) -> Any:
-        if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
+    def _objects(self) -> ObjectReader:
+        if self._s3 is None:  # made on first use: embedded deployments never need a client
+            self._s3 = S3Objects(
+                aws.client("s3", endpoint_url=self.s3_endpoint_url), max_bytes=self.max_bytes
+            )
         return self._s3
 
     def url(self, image: ImageRecord) -> str:
@@ -80,23 +86,13 @@ class ImageLocator:
         return f"s3://{image.bucket}/{image.key}"
 
     async def read(self, image: ImageRecord) -> bytes:
-        return await asyncio.to_thread(self._read, image)
-
-    def _read(self, image: ImageRecord) -> bytes:
+        """The image's bytes; NotFound when it is gone, ImageError when it is too large."""
         local = self._local_path(image)
-        if local is not None:
-            try:
-                return local.read_bytes()
-            except OSError as exc:
-                raise NotFound(f"image {image.image_id}: cannot read {local}: {exc.strerror}") from exc
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        reader, key = (self._folder, str(local)) if local is not None else (self._objects(), image.key)
         try:
-            body = self._client().get_object(Bucket=image.bucket, Key=image.key)["Body"]
-            return bytes(body.read())
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
-                raise NotFound(f"image {image.image_id}: s3://{image.bucket}/{image.key} is gone") from exc
-            raise Unavailable(f"reading s3://{image.bucket}/{image.key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise Unavailable(f"reading s3://{image.bucket}/{image.key}: {exc}") from exc
+            found = await asyncio.to_thread(reader.get, image.bucket, key)
+        except NotFound as exc:
+            raise NotFound(f"image {image.image_id} is gone: {exc}") from exc
+        if found.data is None:
+            raise ImageError(f"image {image.image_id}: {found.error}")
+        return found.data

@@ -32,8 +32,9 @@ from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.paging import PageToken, decode_token, encode_token, fingerprint
 from mediasearch.metadata.images_repo import ImageRecord
 from mediasearch.metadata.readers import ImageReader
+from mediasearch.settings import FromSettings, Settings
 from mediasearch.vector_index.router import Router
-from mediasearch.vector_index.shard import SearchParams
+from mediasearch.vector_index.shard import DEFAULT_K, SearchParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,18 +42,35 @@ _GROWTH = 4
 
 
 @dataclass(frozen=True)
-class QueryLimits:
-    max_top_k: int = 100
-    default_top_k: int = 10
-    max_query_chars: int = 1000
-    deadline_s: float = 5.0
-    max_active: int = 32
-    max_inflight: int = 256
-    max_candidates: int = 10_000
-    oversample: float = 4.0
-    token_secret: str = "mediasearch-page-token"
-    nprobe: int = 16
-    ef_search: int = 128
+class QueryLimits(FromSettings):
+    """What a search may ask and how it runs (``MEDIASEARCH_GATEWAY_*``, ``MEDIASEARCH_SEARCH_*``)."""
+
+    max_top_k: int
+    max_query_chars: int
+    deadline_s: float
+    max_active: int
+    max_inflight: int
+    max_candidates: int
+    oversample: float
+    token_secret: str
+    nprobe: int
+    ef_search: int
+    default_top_k: int = DEFAULT_K  # top_k 0 in a request (proto3's "not set")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueryLimits:
+        return cls(
+            max_top_k=settings.gateway_max_top_k,
+            max_query_chars=settings.gateway_max_query_chars,
+            deadline_s=settings.gateway_deadline_s,
+            max_active=settings.gateway_max_active,
+            max_inflight=settings.gateway_max_inflight,
+            max_candidates=settings.gateway_max_candidates,
+            oversample=settings.gateway_oversample,
+            token_secret=settings.gateway_token_secret,
+            nprobe=settings.search_nprobe,
+            ef_search=settings.search_ef,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,7 @@ class SearchEngine:
         self.router = router
         self.metadata = metadata
         self.locator = locator
-        self.limits = limits or QueryLimits()
+        self.limits = limits or QueryLimits.from_settings(Settings.defaults())
         self.observe_stage = observe_stage or (lambda _stage, _s: None)
         self.admission = Admission(self.limits.max_active, self.limits.max_inflight)
         # Concurrent searches finish their fan-outs together (the router coalesces them), so their

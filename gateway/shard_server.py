@@ -13,9 +13,11 @@ so a Kubernetes readiness probe keeps traffic away from a replica that is still 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -25,12 +27,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
 from mediasearch.errors import InvalidInput
+from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.rpc import ErrorInterceptor
+from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import ManifestFollower
 from mediasearch.vector_index.shard import SearchParams, Shard
+from mediasearch.vector_index.store import open_store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "mediasearch.v1.ShardService"
+DEFAULTS = Settings.defaults()
 
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
@@ -81,10 +87,10 @@ class ShardServer:
 
     shard: Shard
     follower: ManifestFollower
-    host: str = "127.0.0.1"
+    defaults: SearchParams  # what a request that leaves k, nprobe or ef_search at 0 gets
+    host: str = DEFAULTS.shard_host
     port: int = 0
-    workers: int = 8
-    defaults: SearchParams = field(default_factory=SearchParams)
+    workers: int = DEFAULTS.shard_workers
     omp_threads: int = 1
     _server: grpc.Server | None = None
     _health: health.HealthServicer | None = None
@@ -138,3 +144,45 @@ class ShardServer:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def serve_shard(
+    settings: Settings,
+    shard_id: int,
+    *,
+    model_version: str | None = None,
+    listen: bool = True,
+    port_file: Path | None = None,
+) -> None:
+    """``mediasearch shard-server``: serve shard ``shard_id`` on ``MEDIASEARCH_SHARD_HOST``:``_PORT``
+    until SIGTERM or SIGINT. Migrates the database, follows the manifest (LISTEN/NOTIFY too on
+    PostgreSQL, unless ``listen`` is off), and writes the bound port to ``port_file`` once serving."""
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    store = open_store(
+        settings.segment_store_url,
+        cache_dir=Path(settings.segment_cache_dir) / f"shard-{shard_id}",
+        endpoint_url=settings.s3_endpoint_url,
+    )
+    shard = Shard(shard_id, store, model_version=model_version, mmap_ivf=settings.index_mmap_ivf)
+    follower = ManifestFollower(
+        shard, session_factory(engine), interval=settings.shard_poll_interval_s, listen=listen
+    )
+    server = ShardServer(
+        shard,
+        follower,
+        SearchParams.from_settings(settings),
+        host=settings.shard_host,
+        port=settings.shard_port,
+        workers=settings.shard_workers,
+    )
+    port = server.start()
+    if port_file is not None:
+        port_file.write_text(str(port))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    log.info("shard-server %d ready on %s:%d", shard_id, settings.shard_host, port)
+    try:
+        server.wait()
+    finally:
+        engine.dispose()

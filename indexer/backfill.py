@@ -14,18 +14,18 @@ from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from mediasearch import aws
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
-from mediasearch.indexer.events import ObjectEvent, clean_etag
-from mediasearch.indexer.fetch import S3Fetcher, s3_errors
+from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.runner import ProgressCallback
-from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.service import run_pipeline, s3_client
 from mediasearch.indexer.source import Delivery, ListedSource
-from mediasearch.indexer.sqs import aws_client
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import known_versions, recorded_keys
 from mediasearch.metadata.models import PENDING
+from mediasearch.objects import S3Objects, clean_etag
 from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ListingSource(ListedSource):
     def list_missing(self) -> int:
         """List the prefix; returns how many objects are missing from the index."""
         paginator = self.client.get_paginator("list_objects_v2")
-        with s3_errors(f"listing s3://{self.bucket}/{self.prefix}"):
+        with aws.translated(f"listing s3://{self.bucket}/{self.prefix}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 objects = [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
                 with self.sessions() as session:
@@ -93,7 +93,7 @@ async def abackfill(
     ``prune``, also remove from the index the keys under the prefix that the bucket no longer holds
     (ObjectRemoved notifications that never arrived, e.g. before the queue was configured)."""
     bucket, prefix = parse_s3_url(url)
-    client = aws_client("s3", settings.s3_endpoint_url, pool=settings.indexer_fetch_concurrency + 4)
+    client = s3_client(settings)
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
@@ -107,8 +107,8 @@ async def abackfill(
             log.info("backfill: %d recorded keys no longer in the bucket, removing them", pruned)
     finally:
         engine.dispose()
-    fetcher = S3Fetcher(client, max_bytes=settings.max_image_bytes)
-    return await run_pipeline(settings, source, fetcher, encoder=encoder, progress=progress)
+    objects = S3Objects(client, max_bytes=settings.max_image_bytes)
+    return await run_pipeline(settings, source, objects, encoder=encoder, progress=progress)
 
 
 def backfill(

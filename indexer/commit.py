@@ -196,15 +196,15 @@ class Committer:
 
 
 def _created(it: Item) -> datetime:
-    if it.fetched is not None:
-        return it.fetched.created
-    return it.event.time or datetime.now(UTC)
+    """The object's time: its last-modified time, else the event's, else now."""
+    modified = it.fetched.modified if it.fetched is not None else None
+    return modified or it.event.time or datetime.now(UTC)
 
 
 def _new_image(it: Item) -> NewImage:
     f = it.fetched
     assert f is not None, "a created event reaches the commit stage fetched"
-    return NewImage(it.event.bucket, it.event.key, f.etag, f.size, f.content_type, f.created)
+    return NewImage(it.event.bucket, it.event.key, f.etag, f.size, f.content_type, _created(it))
 
 
 def _stage(name: str, count: int, extra: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from mediasearch.errors import InvalidInput
+from mediasearch.objects import clean_etag
 
 EventKind = Literal["created", "removed"]
 
@@ -42,14 +43,6 @@ class ObjectEvent:
     size: int | None = None
     time: datetime | None = None
     sequencer: str | None = None
-
-
-def clean_etag(etag: str | None) -> str | None:
-    """S3 hands ETags out quoted in some APIs and bare in others; store them bare."""
-    if etag is None:
-        return None
-    etag = etag.strip().strip('"')
-    return etag or None
 
 
 def parse_message(body: str) -> list[ObjectEvent]:

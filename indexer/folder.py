@@ -16,13 +16,13 @@ from pathlib import Path
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import NotFound
 from mediasearch.indexer.events import ObjectEvent
-from mediasearch.indexer.fetch import FileFetcher
 from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.runner import ProgressCallback
 from mediasearch.indexer.service import run_pipeline
 from mediasearch.indexer.source import Delivery, ListedSource
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import recorded_keys
+from mediasearch.objects import FolderObjects
 from mediasearch.settings import Settings
 
 IMAGE_SUFFIXES = frozenset(
@@ -70,8 +70,8 @@ async def aindex_folder(
     source = FolderSource(root, bucket or settings.indexer_local_bucket)
     if prune:
         await asyncio.to_thread(_queue_removals, settings, source)
-    fetcher = FileFetcher(root, max_bytes=settings.max_image_bytes)
-    return await run_pipeline(settings, source, fetcher, encoder=encoder, progress=progress)
+    objects = FolderObjects(root, max_bytes=settings.max_image_bytes)
+    return await run_pipeline(settings, source, objects, encoder=encoder, progress=progress)
 
 
 def _queue_removals(settings: Settings, source: FolderSource) -> int:

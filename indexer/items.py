@@ -10,8 +10,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mediasearch.indexer.events import ObjectEvent
-from mediasearch.indexer.fetch import Fetched
 from mediasearch.indexer.source import Delivery
+from mediasearch.objects import StoredObject
 
 #: What became of an event. indexed/failed/removed are recorded in the database; the others are not.
 Outcome = Literal["indexed", "failed", "removed", "duplicate", "gone", "stale", "retry"]
@@ -23,7 +23,7 @@ class Item:
 
     delivery: Delivery
     event: ObjectEvent
-    fetched: Fetched | None = None
+    fetched: StoredObject | None = None
     pixels: NDArray[np.uint8] | None = None  # the vision tower's input, once decoded
     width: int | None = None
     height: int | None = None

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import Conflict, MediaSearchError, NotFound
 from mediasearch.indexer.commit import Committer, stages
-from mediasearch.indexer.fetch import Fetcher
+from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import IndexReport, Item
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.source import Delivery, Source
+from mediasearch.objects import ObjectReader, StoredObject
 from mediasearch.preprocess.image import decode_image, resize_center_crop
+from mediasearch.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,17 +35,32 @@ _END: Any = object()
 
 
 @dataclass(frozen=True)
-class PipelineOptions:
-    batch_size: int = 32
-    batch_wait_s: float = 0.1
-    fetch_concurrency: int = 16
-    queue_items: int = 128
-    commit_max_items: int = 512
-    decode_threads: int = 4
+class PipelineOptions(FromSettings):
+    """How the stages run (``MEDIASEARCH_INDEXER_*``, the image limits)."""
+
+    batch_size: int
+    batch_wait_s: float
+    fetch_concurrency: int
+    queue_items: int
+    commit_max_items: int
+    decode_threads: int
+    max_image_bytes: int
+    max_image_pixels: int
     encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = 5.0  # how often in-flight deliveries are kept invisible (at most)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineOptions:
+        return cls(
+            batch_size=settings.indexer_batch_size,
+            batch_wait_s=settings.indexer_batch_wait_ms / 1000.0,
+            fetch_concurrency=settings.indexer_fetch_concurrency,
+            queue_items=settings.indexer_queue_items,
+            commit_max_items=settings.indexer_commit_max_items,
+            decode_threads=settings.image_decode_threads,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+        )
 
 
 class Pipeline:
@@ -53,7 +70,7 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        fetcher: Fetcher,
+        objects: ObjectReader,
         encoder: Encoder,
         committer: Committer,
         options: PipelineOptions | None = None,
@@ -62,10 +79,10 @@ class Pipeline:
         metrics: IndexerMetrics | None = None,
     ) -> None:
         self.source = source
-        self.fetcher = fetcher
+        self.objects = objects
         self.encoder = encoder
         self.committer = committer
-        self.options = options or PipelineOptions()
+        self.options = options or PipelineOptions.from_settings(Settings.defaults())
         self.progress = progress
         self.metrics = metrics or IndexerMetrics()
         self.report = IndexReport()
@@ -169,13 +186,13 @@ class Pipeline:
         ev = item.event
         try:
             if ev.kind == "removed":
-                item.keep_etag = await self._blocking(self._io, self.fetcher.current_etag, ev)
+                item.keep_etag = await self._blocking(self._io, self.objects.current_etag, ev.bucket, ev.key)
                 return
             if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
                 item.outcome = "duplicate"
                 return
             with self.metrics.timed("fetch"):
-                fetched = await self._blocking(self._io, self.fetcher.fetch, ev)
+                fetched = await self._blocking(self._io, self._get, ev)
             item.fetched = fetched
             if not ev.etag and await self._done(ev.bucket, ev.key, fetched.etag):
                 item.outcome = "duplicate"
@@ -197,6 +214,9 @@ class Pipeline:
             return
         with self.metrics.timed("decode"):
             await self._blocking(self._decode, self._decode_item, item)
+
+    def _get(self, ev: ObjectEvent) -> StoredObject:
+        return self.objects.get(ev.bucket, ev.key, if_match=ev.etag)
 
     async def _done(self, bucket: str, key: str, etag: str) -> bool:
         done: bool = await self._blocking(self._io, self.committer.already_done, bucket, key, etag)

@@ -9,39 +9,35 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+from mediasearch import aws
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.indexer.commit import Committer
-from mediasearch.indexer.fetch import Fetcher
 from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallback
 from mediasearch.indexer.source import Source
 from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.objects import ObjectReader
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import make_partitioner
 from mediasearch.vector_index.store import open_store
 
 
-def pipeline_options(settings: Settings) -> PipelineOptions:
-    return PipelineOptions(
-        batch_size=settings.indexer_batch_size,
-        batch_wait_s=settings.indexer_batch_wait_ms / 1000.0,
-        fetch_concurrency=settings.indexer_fetch_concurrency,
-        queue_items=settings.indexer_queue_items,
-        commit_max_items=settings.indexer_commit_max_items,
-        decode_threads=settings.image_decode_threads,
-        max_image_bytes=settings.max_image_bytes,
-        max_image_pixels=settings.max_image_pixels,
+def s3_client(settings: Settings) -> Any:
+    """The indexer's S3 client: a pooled connection per download in flight, and a few more."""
+    return aws.client(
+        "s3", endpoint_url=settings.s3_endpoint_url, pool=settings.indexer_fetch_concurrency + 4
     )
 
 
 async def run_pipeline(
     settings: Settings,
     source: Source,
-    fetcher: Fetcher,
+    objects: ObjectReader,
     *,
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
@@ -76,10 +72,10 @@ async def run_pipeline(
         )
         pipeline = Pipeline(
             source,
-            fetcher,
+            objects,
             encoder,
             committer,
-            pipeline_options(settings),
+            PipelineOptions.from_settings(settings),
             progress=progress,
             metrics=metrics,
         )

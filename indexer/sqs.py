@@ -20,45 +20,21 @@ FAILED rows and their messages acknowledged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mediasearch.errors import ConfigError, InvalidInput, Unavailable
+from mediasearch import aws
+from mediasearch.errors import InvalidInput
 from mediasearch.indexer.events import parse_message
 from mediasearch.indexer.source import Delivery, Source
+from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
 POISON_ATTRIBUTE = "mediasearch-poison-reason"
-
-
-def aws_client(service: str, endpoint_url: str | None, *, pool: int = 10) -> Any:
-    """A boto3 client with bounded retries and a connection pool as large as our concurrency."""
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError
-
-    config = Config(retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=pool,
-                    connect_timeout=5, read_timeout=30)  # fmt: skip
-    try:
-        return boto3.client(service, endpoint_url=endpoint_url, config=config)
-    except BotoCoreError as exc:  # e.g. no region configured
-        raise ConfigError(f"cannot create the {service} client: {exc}") from exc
-
-
-@contextlib.contextmanager
-def sqs_errors(what: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        raise Unavailable(f"{what}: SQS answered {exc.response.get('Error', {}).get('Code', exc)}") from exc
-    except BotoCoreError as exc:
-        raise Unavailable(f"{what}: {exc}") from exc
+DEFAULTS = Settings.defaults()
 
 
 class SqsSource(Source):
@@ -69,11 +45,11 @@ class SqsSource(Source):
         client: Any,
         queue_url: str,
         *,
-        wait_time_s: int = 10,
-        visibility_timeout_s: int = 60,
-        max_receives: int = 5,
+        wait_time_s: int = DEFAULTS.indexer_wait_time_s,
+        visibility_timeout_s: int = DEFAULTS.indexer_visibility_timeout_s,
+        max_receives: int = DEFAULTS.indexer_max_receives,
         dlq_url: str | None = None,
-        retry_delay_s: int = 15,
+        retry_delay_s: int = DEFAULTS.indexer_retry_delay_s,
     ) -> None:
         self.client = client
         self.queue_url = queue_url
@@ -88,7 +64,7 @@ class SqsSource(Source):
         self._in_flight: dict[str, tuple[Delivery, float]] = {}  # receipt handle -> (delivery, extended at)
 
     def receive(self, max_deliveries: int) -> list[Delivery]:
-        with sqs_errors(f"receiving from {self.queue_url}"):
+        with aws.translated(f"receiving from {self.queue_url}"):
             response = self.client.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=max(1, min(10, max_deliveries)),
@@ -117,7 +93,7 @@ class SqsSource(Source):
         self._forget(deliveries)
         for chunk in _chunks([d.token for d in deliveries], 10):
             entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)]
-            with sqs_errors("deleting processed messages"):
+            with aws.translated("deleting processed messages"):
                 response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
             for failed in response.get("Failed", []):  # redelivered later, then skipped as a duplicate
                 log.warning("indexer: could not delete a processed message: %s", failed.get("Message"))
@@ -144,7 +120,7 @@ class SqsSource(Source):
             entries = [
                 {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": seconds} for i, h in enumerate(chunk)
             ]
-            with sqs_errors("changing message visibility"):
+            with aws.translated("changing message visibility"):
                 self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
 
     def _forget(self, deliveries: Sequence[Delivery]) -> None:
@@ -161,7 +137,7 @@ class SqsSource(Source):
         log.error(
             "indexer: poison message %s (%s); moved to %s", message.get("MessageId"), reason, self.dlq_url
         )
-        with sqs_errors("moving a poison message to the dead-letter queue"):
+        with aws.translated("moving a poison message to the dead-letter queue"):
             self.client.send_message(
                 QueueUrl=self.dlq_url,
                 MessageBody=message.get("Body") or "<empty>",

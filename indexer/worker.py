@@ -13,14 +13,15 @@ import contextlib
 import logging
 import signal
 
+from mediasearch import aws
 from mediasearch.encoders.base import Encoder
 from mediasearch.errors import ConfigError
-from mediasearch.indexer.fetch import S3Fetcher
 from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.runner import ProgressCallback
-from mediasearch.indexer.service import run_pipeline
-from mediasearch.indexer.sqs import SqsSource, aws_client
+from mediasearch.indexer.service import run_pipeline, s3_client
+from mediasearch.indexer.sqs import SqsSource
+from mediasearch.objects import S3Objects
 from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def sqs_source(settings: Settings) -> SqsSource:
     if not settings.indexer_queue_url:
         raise ConfigError("no queue: set MEDIASEARCH_INDEXER_QUEUE_URL (or pass --queue-url)")
-    client = aws_client("sqs", settings.sqs_endpoint_url or settings.s3_endpoint_url)
+    client = aws.client("sqs", endpoint_url=settings.sqs_endpoint_url or settings.s3_endpoint_url)
     return SqsSource(
         client,
         settings.indexer_queue_url,
@@ -51,7 +52,6 @@ async def arun_worker(
 ) -> IndexReport:
     """Consume the queue until ``stop`` is set, a signal arrives, or it was idle ``idle_exit_s``."""
     source = sqs_source(settings)
-    s3 = aws_client("s3", settings.s3_endpoint_url, pool=settings.indexer_fetch_concurrency + 4)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,7 +65,7 @@ async def arun_worker(
     report = await run_pipeline(
         settings,
         source,
-        S3Fetcher(s3, max_bytes=settings.max_image_bytes),
+        S3Objects(s3_client(settings), max_bytes=settings.max_image_bytes),
         encoder=encoder,
         stop=stop,
         idle_exit_s=idle_exit_s,

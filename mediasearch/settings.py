@@ -1,18 +1,29 @@
 """Typed, frozen settings read from ``MEDIASEARCH_*`` environment variables.
 
-Read once at start-up with :func:`load_settings` (never at import). Every service gets the same
-object; tests build their own with keyword overrides.
+Read once at start-up with :func:`load_settings` (never at import); a command-line option is
+applied on top with :meth:`Settings.with_overrides`. Every service gets the same object; tests
+build their own with keyword overrides.
+
+This class is the one source of defaults. The option objects of the parts (query limits, pipeline
+options, encoder batching, index build config...) are built from it (``from_settings``), and
+:meth:`Settings.defaults` (the documented defaults, never the environment) stands in where a
+library caller gives none. ``docs/operations.md`` lists every setting, generated from the field
+descriptions below (``python -m mediasearch.dev.settings_doc``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mediasearch.errors import ConfigError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -32,10 +43,18 @@ class Settings(BaseSettings):
         default=64_000_000, gt=0, description="Decompression-bomb guard: images with more pixels are refused."
     )
     triton_grpc_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address (host:port).")
-    triton_http_port: int = Field(default=8000, ge=0, le=65535)
-    triton_grpc_port: int = Field(default=8001, ge=0, le=65535)
-    triton_metrics_port: int = Field(default=8002, ge=0, le=65535)
-    log_level: str = Field(default="INFO")
+    triton_http_port: int = Field(
+        default=8000, ge=0, le=65535, description="HTTP port of `mediasearch triton` (the local server)."
+    )
+    triton_grpc_port: int = Field(
+        default=8001, ge=0, le=65535, description="gRPC port of `mediasearch triton` (the local server)."
+    )
+    triton_metrics_port: int = Field(
+        default=8002, ge=0, le=65535, description="Metrics port of `mediasearch triton` (the local server)."
+    )
+    log_level: LogLevel = Field(
+        default="INFO", description="Log level of every command (-v on the command line: DEBUG)."
+    )
 
     # -- encoders (embedded ONNX Runtime, or Triton) ----------------------------------------
     encoder: Literal["local", "triton"] = Field(
@@ -169,6 +188,11 @@ class Settings(BaseSettings):
     shard_poll_interval_s: float = Field(
         default=0.5, gt=0, description="How often a shard server re-reads the manifest."
     )
+    shard_host: str = Field(default="127.0.0.1", description="Address `mediasearch shard-server` binds.")
+    shard_port: int = Field(
+        default=7001, ge=0, le=65535, description="Port of `mediasearch shard-server` (0: a free one)."
+    )
+    shard_workers: int = Field(default=8, gt=0, description="Search threads of a shard server.")
     shard_addresses: tuple[str, ...] = Field(
         default=(),
         description='One entry per shard, replicas separated by "|": ["h1:7001|h2:7001", "h3:7002"] (JSON).',
@@ -231,14 +255,57 @@ class Settings(BaseSettings):
     )
     indexer_metrics_host: str = Field(default="127.0.0.1", description="Address of the indexer's /metrics.")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """The documented defaults, without reading the environment."""
+        return _defaults()
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A validated copy with ``overrides`` applied; None means "not given" and is skipped."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(), **given})
+        except ValidationError as exc:
+            raise _config_error(exc) from exc
+
+
+@functools.cache
+def _defaults() -> Settings:
+    return Settings.model_construct()  # field defaults only: no environment, no validation needed
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment (``MEDIASEARCH_*``), with explicit overrides on top."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MEDIASEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise _config_error(exc) from exc
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"MEDIASEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+    )
+    return ConfigError(f"invalid settings: {problems}")
+
+
+class FromSettings:
+    """Base of the option objects built from :class:`Settings` (frozen dataclasses).
+
+    ``from_settings`` reads the fields a part needs; ``defaults(**changes)`` is ``from_settings``
+    over :meth:`Settings.defaults` with some fields changed (library callers and tests)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> Self:
+        return dataclasses.replace(cls.from_settings(Settings.defaults()), **changes)  # type: ignore[type-var]

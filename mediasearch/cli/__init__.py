@@ -1,8 +1,10 @@
 """The ``mediasearch`` command line: one subcommand per module in this package.
 
-Each subcommand module defines ``register(subparsers)`` which adds its parser and sets
-``func(args) -> int`` as the handler. Heavy imports happen inside the handlers, so
-``mediasearch --help`` is instant.
+The composition root: each subcommand module defines ``register(subparsers)``, which adds its
+parser and sets ``func(args, settings) -> int`` as the handler; a handler parses nothing more and
+calls one function of the part it runs. Settings are read once, here, from ``MEDIASEARCH_*``; a
+command-line option is applied on top (:meth:`Settings.with_overrides`). Heavy imports happen inside
+the handlers, so ``mediasearch --help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from mediasearch.errors import MediaSearchError
+from mediasearch.settings import load_settings
 
 _COMMANDS = (
     "export", "scenes", "triton", "shard-server", "compact", "index", "backfill", "indexer",
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mediasearch",
         description="Text-to-image search: export CLIP, serve encoders, index images, search them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (MEDIASEARCH_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import importlib
 
@@ -42,15 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        for name in _CHATTY:
-            logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return int(args.func(args) or 0)
+        settings = load_settings()
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if not args.verbose:
+            for name in _CHATTY:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        return int(args.func(args, settings) or 0)
     except MediaSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,15 @@
 """Options shared by ``index``, ``backfill`` and ``indexer``: where the index lives and which
-encoder runs. Anything not given on the command line comes from ``MEDIASEARCH_*`` settings."""
+encoder runs; the progress bar and report of the one-shot commands. Anything not given on the
+command line comes from ``MEDIASEARCH_*`` settings."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from mediasearch.settings import Settings, load_settings
+from mediasearch.settings import Settings
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -23,17 +25,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per encoder call (MEDIASEARCH_INDEXER_BATCH_SIZE)")
 
 
-def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides = {
-        "database_url": args.database_url,
-        "segment_store_url": args.store_url,
-        "model_repository": args.model_repository,
-        "encoder": args.encoder,
-        "triton_grpc_url": args.triton_url,
-        "indexer_batch_size": args.batch_size,
+def settings_from(args: argparse.Namespace, settings: Settings, **extra: Any) -> Settings:
+    """``settings`` with the common options (and ``extra``) that were given applied."""
+    return settings.with_overrides(
+        database_url=args.database_url,
+        segment_store_url=args.store_url,
+        model_repository=args.model_repository,
+        encoder=args.encoder,
+        triton_grpc_url=args.triton_url,
+        indexer_batch_size=args.batch_size,
         **extra,
-    }
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    )
 
 
 def print_report(report: Any) -> None:
@@ -47,12 +49,11 @@ def print_report(report: Any) -> None:
 def run_with_progress(args: argparse.Namespace, label: str, index: Callable[[Any], Any]) -> int:
     """Run ``index(progress_bar_or_None)`` with the stderr bar (unless ``--no-progress``), then print
     the report; exit status 1 when some objects are left to retry."""
-    import logging
-
+    from mediasearch.indexer.commit import stages
     from mediasearch.indexer.progress import ProgressBar
 
     if not args.no_progress:  # the bar says it better than one log line per batch
-        logging.getLogger("mediasearch.indexer.stages").setLevel(logging.WARNING)
+        stages.setLevel(logging.WARNING)
     bar = None if args.no_progress else ProgressBar(label)
     report = index(bar)
     if bar is not None:

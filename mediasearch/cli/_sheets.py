@@ -1,4 +1,5 @@
-"""A contact sheet: the result images of a query in a grid, each with its rank and score."""
+"""Contact sheets: the result images of a query in a grid, each with its rank and score
+(``mediasearch query --sheet``, the demo)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def _thumbnail(data: bytes | None, tile: int) -> Image.Image:
         return picture
     except Exception:  # a missing or broken image must not spoil the sheet
         return Image.new("RGB", (tile - 6, tile - 6), (200, 200, 200))
+
+
+def write_sheet(results: list[object], out: Path, title: str) -> Path:
+    """A contact sheet of search results, each image fetched from its URL (a gray tile if not)."""
+    from mediasearch.client import Result, fetch_image
+    from mediasearch.errors import MediaSearchError
+
+    images: list[bytes | None] = []
+    captions = []
+    for rank, r in enumerate(results, 1):
+        assert isinstance(r, Result)
+        try:
+            images.append(fetch_image(r.url))
+        except MediaSearchError:
+            images.append(None)
+        captions.append(f"#{rank} {r.score:.3f} id {r.id}")
+    return contact_sheet(images, captions, out, title=title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mediasearch.cli._indexing import add_common, run_with_progress, settings_from
+from mediasearch.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.indexer.backfill import backfill
 
-    settings = settings_from(args, s3_endpoint_url=args.s3_endpoint_url)
+    settings = settings_from(args, settings, s3_endpoint_url=args.s3_endpoint_url)
     return run_with_progress(
         args, "backfill", lambda bar: backfill(settings, args.url, progress=bar, prune=args.prune)
     )

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mediasearch.settings import Settings
+
 QUERIES = (
     "two red circles",
     "a small blue square on a black background",
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     from rich.console import Console
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         f"(parity {report.parity.worst:.1e}, {report.seconds:.1f}s) -> {args.repository}/"
     )
     gallery = _draw_gallery(console, out / "gallery", args.count, args.seed)
-    settings = _settings(args, out, gallery)
+    settings = _settings(settings, args, out, gallery)
     _index(console, settings, gallery)
     labels = _labels(gallery)
     server = EmbeddedServer(settings, args.port)
@@ -128,14 +130,13 @@ def _draw_gallery(console: Any, folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def _settings(args: argparse.Namespace, out: Path, gallery: Path) -> Any:
+def _settings(settings: Settings, args: argparse.Namespace, out: Path, gallery: Path) -> Settings:
     from mediasearch.gateway.app import embedded_settings
-    from mediasearch.settings import load_settings
 
     state = out / "state"
     if state.exists():
         shutil.rmtree(state)  # a fresh index each run: the demo shows indexing too
-    return load_settings(
+    return settings.with_overrides(
         **embedded_settings(state),
         model_repository=Path(args.repository),
         images_root=gallery.resolve(),
@@ -150,7 +151,7 @@ def _index(console: Any, settings: Any, gallery: Path) -> None:
     bar = ProgressBar(f"indexing {gallery}")
     report = index_folder(settings, gallery, progress=bar)
     bar.close(report, None)
-    console.print(f"[bold]indexed[/] {report.summary()}")
+    console.print(report.summary())
 
 
 def _labels(gallery: Path) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _examples(
 ) -> None:
     from rich.table import Table
 
-    from mediasearch.cli.query import write_sheet
+    from mediasearch.cli._sheets import write_sheet
     from mediasearch.client import SearchClient
     from mediasearch.export.micro.scenes import label_matches, parse_query
 

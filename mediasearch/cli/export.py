@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mediasearch.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.export import export_model
 
     report = export_model(args.model, args.out, args.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mediasearch.cli._indexing import add_common, run_with_progress, settings_from
+from mediasearch.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.indexer.folder import index_folder
 
-    settings = settings_from(args)
+    settings = settings_from(args, settings)
     return run_with_progress(
         args,
         "indexing",

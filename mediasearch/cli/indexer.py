@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mediasearch.cli._indexing import add_common, settings_from
+from mediasearch.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,11 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.indexer.worker import run_worker
 
     settings = settings_from(
         args,
+        settings,
         indexer_queue_url=args.queue_url,
         indexer_dlq_url=args.dlq_url,
         s3_endpoint_url=args.s3_endpoint_url,

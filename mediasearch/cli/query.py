@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mediasearch.settings import Settings
+
 if TYPE_CHECKING:
     from mediasearch.client import Response
 
@@ -36,16 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from mediasearch.client import SearchClient
     from mediasearch.errors import ConfigError
-    from mediasearch.settings import load_settings
 
     if bool(args.text) + (args.image is not None) + (args.like is not None) != 1:
         raise ConfigError("give exactly one of TEXT, --image FILE or --like ID")
-    settings = load_settings()
     address = args.address or f"{settings.gateway_host}:{settings.gateway_port}"
     console = Console()
     options = {
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     title = args.text or (f"like image {args.like}" if args.like is not None else str(args.image))
     print_results(console, title, responses)
     if args.sheet is not None:
+        from mediasearch.cli._sheets import write_sheet
+
         path = write_sheet([r for resp in responses for r in resp.results], args.sheet, title)
         console.print(f"contact sheet: {path}")
     return 0
@@ -103,20 +105,3 @@ def print_results(console: object, title: str, responses: list[Response]) -> Non
     console.print(table)
     if not results:
         console.print("no results")
-
-
-def write_sheet(results: list[object], out: Path, title: str) -> Path:
-    from mediasearch.cli._sheets import contact_sheet
-    from mediasearch.client import Result, fetch_image
-    from mediasearch.errors import MediaSearchError
-
-    images: list[bytes | None] = []
-    captions = []
-    for rank, r in enumerate(results, 1):
-        assert isinstance(r, Result)
-        try:
-            images.append(fetch_image(r.url))
-        except MediaSearchError:
-            images.append(None)
-        captions.append(f"#{rank} {r.score:.3f} id {r.id}")
-    return contact_sheet(images, captions, out, title=title)

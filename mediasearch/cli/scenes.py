@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mediasearch.errors import ConfigError
+from mediasearch.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import Progress
 
     from mediasearch.export.micro.scenes import HELD_OUT_COMBOS, write_gallery

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mediasearch.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,24 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import asyncio
+def run(args: argparse.Namespace, settings: Settings) -> int:
     import logging
-    import signal
 
-    from mediasearch.gateway.app import start_gateway
+    from mediasearch.gateway.app import Gateway, serve_gateway
     from mediasearch.requestlog import configure_logging
-    from mediasearch.settings import load_settings
 
-    settings = load_settings(**({"gateway_host": args.host} if args.host else {}))
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO, json_lines=settings.gateway_log_json)
+    settings = settings.with_overrides(gateway_host=args.host)
+    level = "DEBUG" if args.verbose else settings.log_level
+    configure_logging(logging.getLevelNamesMapping()[level], json_lines=settings.gateway_log_json)
 
-    async def serve() -> None:
-        gateway = await start_gateway(settings, port=args.port, metrics_port=args.metrics_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    def ready(gateway: Gateway) -> None:
         if args.port_file:
             args.port_file.write_text(f"{gateway.port} {gateway.metrics_port}")
         print(
@@ -54,10 +49,6 @@ def run(args: argparse.Namespace) -> int:
             f"http://{settings.gateway_host}:{gateway.metrics_port}/metrics; Ctrl-C stops",
             flush=True,
         )
-        try:
-            await stop.wait()
-        finally:
-            await gateway.stop()
 
-    asyncio.run(serve())
+    serve_gateway(settings, port=args.port, metrics_port=args.metrics_port, on_ready=ready)
     return 0

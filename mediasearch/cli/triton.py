@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from mediasearch.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,21 +36,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.dev.triton import LocalTriton, TritonOptions
     from mediasearch.errors import Unavailable
-    from mediasearch.settings import load_settings
 
-    settings = load_settings()
+    settings = settings.with_overrides(
+        model_repository=args.repository,
+        model_name=args.name,
+        triton_flavour=args.flavour,
+        triton_http_port=args.http_port,
+        triton_grpc_port=args.grpc_port,
+        triton_metrics_port=args.metrics_port,
+        triton_ort_threads=args.ort_threads,
+    )
     options = TritonOptions(
-        repository=args.repository or settings.model_repository,
-        name=args.name or settings.model_name,
-        flavour=args.flavour or settings.triton_flavour,
+        repository=settings.model_repository,
+        name=settings.model_name,
+        flavour=settings.triton_flavour,
         host=args.host,
-        http_port=_given(args.http_port, settings.triton_http_port),
-        grpc_port=_given(args.grpc_port, settings.triton_grpc_port),
-        metrics_port=_given(args.metrics_port, settings.triton_metrics_port),
-        ort_threads=_given(args.ort_threads, settings.triton_ort_threads),
+        http_port=settings.triton_http_port,
+        grpc_port=settings.triton_grpc_port,
+        metrics_port=settings.triton_metrics_port,
+        ort_threads=settings.triton_ort_threads,
         binary=args.tritonserver,
         backend_directory=args.backend_directory,
         log_file=args.log_file,
@@ -59,17 +68,17 @@ def run(args: argparse.Namespace) -> int:
         with LocalTriton(options) as server:
             m = server.manifest
             assert m is not None
-            print(
-                f"tritonserver (pid {server.pid}) serves {m.text.model} and {m.vision.model} "
-                f"({m.version}, {options.flavour} flavour) from {options.repository}\n"
-                f"  grpc     {server.grpc_url}\n"
-                f"  http     {server.http_url}\n"
-                f"  metrics  {server.metrics_url}\n"
-                f"  log      {server.log_path}\n"
-                "Ctrl-C stops it.",
-                flush=True,
-            )
-            try:
+            try:  # a signal from here on (even during the print) stops the server in order
+                print(
+                    f"tritonserver (pid {server.pid}) serves {m.text.model} and {m.vision.model} "
+                    f"({m.version}, {options.flavour} flavour) from {options.repository}\n"
+                    f"  grpc     {server.grpc_url}\n"
+                    f"  http     {server.http_url}\n"
+                    f"  metrics  {server.metrics_url}\n"
+                    f"  log      {server.log_path}\n"
+                    "Ctrl-C stops it.",
+                    flush=True,
+                )
                 status = server.wait()
             except KeyboardInterrupt:
                 print("stopping tritonserver ...", file=sys.stderr, flush=True)
@@ -78,10 +87,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else value
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mediasearch.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,38 +20,34 @@ def register(sub: argparse._SubParsersAction) -> None:
             "logs to WORKDIR/*.log."
         ),
     )
-    p.add_argument(
-        "--repository", type=Path, default=Path("model_repository"), help="exported model repository"
-    )
+    p.add_argument("--repository", type=Path, help="exported model repository (MEDIASEARCH_MODEL_REPOSITORY)")
     p.add_argument(
         "--workdir", type=Path, default=Path(".up"), help="logs, caches, cluster.json (default: .up)"
     )
     p.add_argument(
         "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/mediasearch_up",
-        help="PostgreSQL database (created if missing; default: %(default)s)",
+        help="PostgreSQL database, created if missing (default: mediasearch_up on 127.0.0.1:5432)",
     )
-    p.add_argument("--shards", type=int, default=2, help="number of shard servers (default: %(default)s)")
+    p.add_argument("--shards", type=int, help="number of shard servers (default: 2)")
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
     p.add_argument("--no-indexer", action="store_true", help="do not start `mediasearch indexer`")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     from mediasearch.dev.cluster import ClusterOptions, DevCluster
 
-    cluster = DevCluster(
-        ClusterOptions(
-            workdir=args.workdir,
-            repository=args.repository,
-            database_url=args.database_url,
-            num_shards=args.shards,
-            free_ports=args.free_ports,
-            indexer=not args.no_indexer,
-        )
+    given = {"database_url": args.database_url, "num_shards": args.shards}
+    options = ClusterOptions(
+        workdir=args.workdir,
+        repository=args.repository or settings.model_repository,
+        free_ports=args.free_ports,
+        indexer=not args.no_indexer,
+        **{k: v for k, v in given.items() if v is not None},
     )
+    cluster = DevCluster(options, settings)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: cluster.request_stop())
     try:

@@ -5,9 +5,9 @@ real Triton Inference Server (the binary from the ``nvidia-pytriton`` wheel by d
 encoders' Triton client is tested against the same server, dynamic batcher and gRPC API as
 production; only the model's backend differs (the CPU flavour runs ONNX Runtime in ``model.py``).
 
-Clean-up matters because tests start and stop it many times on shared machines: the server runs in
-its own session (a Ctrl-C in the terminal reaches us, and we stop it in order), it is stopped with
-SIGTERM to its PID and, if it does not exit, its process group is killed; the python backend's
+Clean-up matters because tests start and stop it many times on shared machines: the server is a
+:class:`~mediasearch.dev.processes.Child` of the development harness (its own session, SIGTERM,
+then its process group killed, which takes the python backend's stubs with it), and the backend's
 ``/dev/shm`` regions carry a prefix unique to this server and are removed on the way out.
 """
 
@@ -18,24 +18,21 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mediasearch.dev.processes import Child, free_ports
 from mediasearch.dev.triton_install import resolve_install, server_environment
 from mediasearch.errors import ModelError, NotFound, Unavailable
 from mediasearch.model_manifest import ModelManifest, ServingSpec
+from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DEFAULTS = Settings.defaults()
 SHM_DIR = Path("/dev/shm")
 LOG_TAIL_LINES = 25
 
@@ -45,8 +42,8 @@ class TritonOptions:
     """How to start the server. Port 0 picks a free loopback port."""
 
     repository: Path
-    name: str = "clip"
-    flavour: str = "cpu"
+    name: str = DEFAULTS.model_name
+    flavour: str = DEFAULTS.triton_flavour
     host: str = "127.0.0.1"
     http_port: int = 0
     grpc_port: int = 0
@@ -65,7 +62,7 @@ class LocalTriton:
     def __init__(self, options: TritonOptions) -> None:
         self.options = options
         self.manifest: ModelManifest | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
         self._work_dir: Path | None = None
         self._shm_prefix = f"mediasearch-{uuid.uuid4().hex[:12]}-"
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -97,7 +94,7 @@ class LocalTriton:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid if self._child is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalTriton:
@@ -107,7 +104,7 @@ class LocalTriton:
         clients that hold its address reconnect by themselves."""
         if self.running():
             return self
-        if self._proc is not None:  # it died: release what it left, keep its ports
+        if self._child is not None:  # it died: release what it left, keep its ports
             self.stop()
         self.manifest = check_repository(self.options.repository, self.options.name, self.options.flavour)
         self._work_dir = Path(tempfile.mkdtemp(prefix="mediasearch-triton-"))
@@ -123,9 +120,9 @@ class LocalTriton:
 
     def stop(self) -> None:
         """SIGTERM, wait, then kill the process group; remove shared memory and the work folder."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, self.options.stop_timeout_s)
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(self.options.stop_timeout_s)
         for leftover in SHM_DIR.glob(f"{self._shm_prefix}*") if SHM_DIR.is_dir() else ():
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -135,13 +132,11 @@ class LocalTriton:
         atexit.unregister(self.stop)
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.running()
 
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit status."""
-        if self._proc is None:
-            return 0
-        return self._proc.wait()
+        return self._child.wait() if self._child is not None else 0
 
     def __enter__(self) -> LocalTriton:
         return self.start()
@@ -179,17 +174,12 @@ class LocalTriton:
         ]
         if o.flavour != "gpu":  # the GPU flavour is the default config.pbtxt
             args.append(f"--model-config-name={o.flavour}")
-        log.debug("starting %s", " ".join(args))
         assert self.log_path is not None
-        with self.log_path.open("wb") as log_file:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=server_environment(self._ort_threads()),
-                start_new_session=True,
-            )
+        self.log_path.unlink(missing_ok=True)  # a restart's log starts afresh
+        env = server_environment(self._ort_threads())
+        # not tied to the starting thread's life: the supervisor restarts it from wherever it runs
+        child = Child("tritonserver", args, env=env, log_path=self.log_path, die_with_parent=False)
+        self._child = child.start()
 
     def _ort_threads(self) -> int:
         """ONNX Runtime threads per CPU model instance: as given, else the cores shared by the
@@ -204,18 +194,16 @@ class LocalTriton:
         return (self.manifest.text, self.manifest.vision)
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.options.startup_timeout_s
-        url = f"{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise self._startup_failure(f"tritonserver exited with status {self._proc.returncode}")
-            if _http_ok(url):
-                return
-            time.sleep(0.1)
-        raise self._startup_failure(
-            f"tritonserver was not ready within {self.options.startup_timeout_s:.0f}s"
-        )
+        assert self._child is not None
+        timeout_s = self.options.startup_timeout_s
+        try:
+            self._child.wait_http(f"{self.http_url}/v2/health/ready", timeout_s, status=200)
+        except Unavailable:
+            if not self._child.running():
+                raise self._startup_failure(
+                    f"tritonserver exited with status {self._child.returncode}"
+                ) from None
+            raise self._startup_failure(f"tritonserver was not ready within {timeout_s:.0f}s") from None
 
     def _startup_failure(self, what: str) -> ModelError | Unavailable:
         path = self.log_path
@@ -265,43 +253,8 @@ def failed_models(log_text: str) -> list[str]:
     return names
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "tritonserver %d ignored SIGTERM for %.0fs; killing its process group", proc.pid, timeout_s
-            )
-    # The server ran in its own session: its group is its python backend stubs and nothing else.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _pick_ports(host: str, wanted: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The wanted ports, with each 0 replaced by a free port on ``host``."""
-    sockets, ports = [], []
-    try:
-        for port in wanted:
-            if port:
-                ports.append(port)
-                continue
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)  # held until all are chosen, so the three differ
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in sockets:
-            s.close()
-    return ports[0], ports[1], ports[2]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    """The wanted ports, with each 0 replaced by a different free port on ``host``."""
+    free = iter(free_ports(sum(1 for p in wanted if not p), host))
+    http, grpc, metrics = (p or next(free) for p in wanted)
+    return http, grpc, metrics

@@ -26,8 +26,9 @@ from numpy.typing import NDArray
 
 from mediasearch.errors import ImageError
 from mediasearch.model_manifest import ModelManifest
-from mediasearch.preprocess.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+from mediasearch.preprocess.image import ImageSpec, prepare_image
 from mediasearch.preprocess.text import TextTokenizer
+from mediasearch.settings import FromSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,20 @@ class ImageEmbeddings:
 
 
 @dataclass(frozen=True)
-class ImageLimits:
-    """What images are accepted (from settings), and how many decode at once."""
+class ImageLimits(FromSettings):
+    """What images are accepted, and how many decode at once."""
 
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    decode_threads: int = 4
+    max_bytes: int
+    max_pixels: int
+    decode_threads: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            decode_threads=settings.image_decode_threads,
+        )
 
 
 class Encoder(ABC):
@@ -72,7 +81,7 @@ class Encoder(ABC):
 
     def __init__(self, image_spec: ImageSpec, limits: ImageLimits | None = None) -> None:
         self.image_spec = image_spec
-        self.limits = limits or ImageLimits()
+        self.limits = limits or ImageLimits.from_settings(Settings.defaults())
         self._decode_pool: ThreadPoolExecutor | None = None
 
     # -- identity ---------------------------------------------------------------------------

@@ -25,20 +25,31 @@ from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_e
 from mediasearch.encoders.text_batches import pad_rows, split_by_length
 from mediasearch.errors import ModelError
 from mediasearch.model_manifest import ServingSpec
+from mediasearch.settings import FromSettings, Settings
 
 T = TypeVar("T")
 Vector = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
-class BatchingOptions:
+class BatchingOptions(FromSettings):
     """Micro-batching of the in-process encoder (see :mod:`mediasearch.batcher`)."""
 
-    max_batch: int = 32
-    max_wait_s: float = 0.002
-    pass_cost_tokens: int = 64  # split a text batch where padding costs more than this many token-rows
-    max_inflight: int = 2  # passes per tower running at once, each in its own worker thread
-    ort_threads: int = 0  # ONNX Runtime intra-op threads per pass; 0: the cores shared by the passes
+    max_batch: int
+    max_wait_s: float
+    pass_cost_tokens: int  # split a text batch where padding costs more than this many token-rows
+    max_inflight: int  # passes per tower running at once, each in its own worker thread
+    ort_threads: int  # ONNX Runtime intra-op threads per pass; 0: the cores shared by the passes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatchingOptions:
+        return cls(
+            max_batch=settings.encoder_max_batch,
+            max_wait_s=settings.encoder_max_wait_ms / 1000.0,
+            pass_cost_tokens=settings.encoder_pass_cost_tokens,
+            max_inflight=settings.encoder_max_inflight,
+            ort_threads=settings.encoder_ort_threads,
+        )
 
     def threads_per_pass(self) -> int:
         """Two passes with one thread each beat one pass with two threads on small CPUs: no
@@ -60,7 +71,7 @@ class LocalEncoder(ExportedModelEncoder):
         limits: ImageLimits | None = None,
     ) -> None:
         super().__init__(repository, name, limits)
-        self.batching = batching or BatchingOptions()
+        self.batching = batching or BatchingOptions.from_settings(Settings.defaults())
         self._pool: ThreadPoolExecutor | None = None
         self._sessions: dict[str, Any] = {}
         self._text: MicroBatcher[list[int], NDArray[np.float32]] | None = None

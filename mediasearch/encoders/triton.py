@@ -45,6 +45,7 @@ from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_e
 from mediasearch.encoders.text_batches import bucket_groups, pad_rows
 from mediasearch.errors import DeadlineExceeded, Unavailable
 from mediasearch.model_manifest import ServingSpec
+from mediasearch.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,30 @@ Vector = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
-class TritonClientOptions:
+class TritonClientOptions(FromSettings):
     """Where Triton is and how to talk to it."""
 
-    url: str = "127.0.0.1:8001"
-    timeout_s: float = 10.0  # deadline of one encode call, retries included
-    retries: int = 3
-    backoff_s: float = 0.05
-    text_bucket: int = 8
-    pass_cost_tokens: int = 64  # see text_batches.split_by_length
-    client_batching: bool = True
-    max_wait_s: float = 0.002
-    max_inflight: int = 2
+    url: str
+    timeout_s: float  # deadline of one encode call, retries included
+    retries: int
+    text_bucket: int
+    pass_cost_tokens: int  # see text_batches.split_by_length
+    client_batching: bool
+    max_wait_s: float
+    backoff_s: float = 0.05  # first pause before a retry; doubles each time
+    max_inflight: int = 2  # coalesced text requests in flight at once
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TritonClientOptions:
+        return cls(
+            url=settings.triton_grpc_url,
+            timeout_s=settings.triton_timeout_s,
+            retries=settings.triton_retries,
+            text_bucket=settings.triton_text_bucket,
+            pass_cost_tokens=settings.encoder_pass_cost_tokens,
+            client_batching=settings.triton_client_batching,
+            max_wait_s=settings.encoder_max_wait_ms / 1000.0,
+        )
 
 
 class TritonEncoder(ExportedModelEncoder):
@@ -78,7 +91,7 @@ class TritonEncoder(ExportedModelEncoder):
         limits: ImageLimits | None = None,
     ) -> None:
         super().__init__(repository, name, limits)
-        self.options = options or TritonClientOptions()
+        self.options = options or TritonClientOptions.from_settings(Settings.defaults())
         self._client: grpcaio.InferenceServerClient | None = None
         self._text: MicroBatcher[list[int], Vector] | None = None
 

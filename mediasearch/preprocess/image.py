@@ -22,9 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mediasearch.errors import ImageError
-
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 64_000_000
+from mediasearch.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,8 @@ class ImageSpec:
 def decode_image(
     data: bytes,
     *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """Decode encoded image bytes into an upright RGB image.
 
@@ -49,7 +47,11 @@ def decode_image(
     composited onto white, as CLIP's reference processor does). Refuses, with :class:`ImageError`:
     empty or oversized input, non-images, truncated or corrupt files, and decompression bombs
     (more than ``max_pixels`` pixels, checked from the header before any pixel is decoded).
+    Unset limits are the settings' defaults (``MEDIASEARCH_MAX_IMAGE_BYTES``, ``..._PIXELS``).
     """
+    defaults = Settings.defaults()
+    max_bytes = defaults.max_image_bytes if max_bytes is None else max_bytes
+    max_pixels = defaults.max_image_pixels if max_pixels is None else max_pixels
     if not data:
         raise ImageError("empty image: 0 bytes")
     if len(data) > max_bytes:
@@ -113,9 +115,12 @@ def resize_center_crop(img: Image.Image, resize: int, crop: int) -> NDArray[np.u
     return np.ascontiguousarray(arr[top : top + crop, left : left + crop])
 
 
-def prepare_image(data: bytes, spec: ImageSpec, **limits: int) -> NDArray[np.uint8]:
+def prepare_image(
+    data: bytes, spec: ImageSpec, *, max_bytes: int | None = None, max_pixels: int | None = None
+) -> NDArray[np.uint8]:
     """Encoded bytes -> the vision tower's uint8 HWC input (decode, orient, RGB, resize, crop)."""
-    return resize_center_crop(decode_image(data, **limits), spec.resize, spec.crop)
+    image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return resize_center_crop(image, spec.resize, spec.crop)
 
 
 def normalize(pixels: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]) -> NDArray[np.float32]:

@@ -14,7 +14,14 @@ from mediasearch.vector_index.partition import (
     Partitioner,
     make_partitioner,
 )
-from mediasearch.vector_index.router import GrpcRouter, LocalRouter, Router, RouterResult, make_router
+from mediasearch.vector_index.router import (
+    GrpcRouter,
+    LocalRouter,
+    Router,
+    RouterResult,
+    ShardStatus,
+    make_router,
+)
 from mediasearch.vector_index.segment import SegmentMeta, open_index, write_segment
 from mediasearch.vector_index.shard import SearchParams, Shard, ShardStats
 from mediasearch.vector_index.store import LocalFolderStore, MemoryStore, SegmentStore, open_store
@@ -40,6 +47,7 @@ __all__ = [
     "SegmentStore",
     "Shard",
     "ShardStats",
+    "ShardStatus",
     "build_index",
     "choose_spec",
     "make_partitioner",

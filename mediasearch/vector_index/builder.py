@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from mediasearch.errors import ConfigError, InvalidInput
-from mediasearch.settings import Settings
+from mediasearch.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,14 @@ _ADD_CHUNK = 65_536
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(FromSettings):
     """The knobs that decide a segment's index; read from settings so every writer agrees."""
 
-    flat_max: int = 20_000
-    encoding: str = "Flat"
-    nlist_factor: float = 4.0
-    train_per_list: int = 64
-    assign_ef: int = 128
+    flat_max: int
+    encoding: str
+    nlist_factor: float
+    train_per_list: int
+    assign_ef: int
     hnsw_m: int = 32
     seed: int = 1234
 

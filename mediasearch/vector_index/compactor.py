@@ -32,12 +32,14 @@ from mediasearch.metadata.segment_manifest import (
     publish_in,
     retired_before,
 )
+from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.segment import load_vectors
 from mediasearch.vector_index.store import SegmentStore
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
+DEFAULTS = Settings.defaults()
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ class Compactor:
         store: SegmentStore,
         config: BuildConfig,
         *,
-        min_segments: int = 4,
+        min_segments: int = DEFAULTS.compact_min_segments,
         large_count: int = 5_000_000,
-        gc_grace_s: float = 3600.0,
+        gc_grace_s: float = DEFAULTS.gc_grace_s,
         work_dir: Path | None = None,
     ) -> None:
         self.sessions = sessions

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import MediaSearchError
 from mediasearch.metadata.segment_manifest import NOTIFY_CHANNEL, ShardManifest, load_shard_manifest
+from mediasearch.settings import Settings
 from mediasearch.vector_index.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class ManifestFollower:
         shard: Shard,
         sessions: sessionmaker[Session],
         *,
-        interval: float = 0.5,
+        interval: float = Settings.defaults().shard_poll_interval_s,
         listen: bool = True,
         on_sync: Callable[[bool], None] | None = None,
     ) -> None:

@@ -34,6 +34,7 @@ from mediasearch.vector_index.merge import NO_ID, merge_topk
 from mediasearch.vector_index.shard import SearchParams, Shard
 
 log = logging.getLogger(__name__)
+DEFAULTS = Settings.defaults()
 
 _RETRYABLE = (Unavailable, DeadlineExceeded)
 _MAX_ROWS = 64  # queries per coalesced fan-out
@@ -44,6 +45,16 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """What a shard reports about itself (``available`` False: no replica answered)."""
+
+    shard: int
+    vectors: int = 0
+    segments: int = 0
+    available: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,12 @@ class Router(abc.ABC):
     """Fan-out + merge over ``num_shards`` shards with a per-search deadline."""
 
     def __init__(
-        self, num_shards: int, *, deadline_s: float = 1.0, allow_partial: bool = False, coalesce: bool = True
+        self,
+        num_shards: int,
+        *,
+        deadline_s: float = DEFAULTS.router_deadline_s,
+        allow_partial: bool = DEFAULTS.router_allow_partial,
+        coalesce: bool = True,
     ) -> None:
         self.num_shards = num_shards
         self.deadline_s = deadline_s
@@ -136,6 +152,10 @@ class Router(abc.ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) from one shard, or Unavailable/DeadlineExceeded."""
 
+    @abc.abstractmethod
+    async def stats(self) -> list[ShardStatus]:
+        """One status per shard, in shard order; a shard that does not answer is unavailable."""
+
     async def close(self) -> None:
         """Release transports (implementations call this too)."""
         if self._batcher is not None:
@@ -159,6 +179,13 @@ class LocalRouter(Router):
             return await asyncio.wait_for(call, timeout=max(remaining, 0.0))
         except TimeoutError as exc:
             raise DeadlineExceeded(f"shard {shard} missed the deadline") from exc
+
+    async def stats(self) -> list[ShardStatus]:
+        out = []
+        for shard in self.shards:
+            s = shard.stats()
+            out.append(ShardStatus(s.shard, s.vectors, len(s.segments)))
+        return out
 
 
 class GrpcRouter(Router):
@@ -218,6 +245,22 @@ class GrpcRouter(Router):
                 continue
             return _decode(response, len(queries), params.k)
         raise last
+
+    async def stats(self) -> list[ShardStatus]:
+        return list(await asyncio.gather(*(self._shard_stats(s) for s in range(self.num_shards))))
+
+    async def _shard_stats(self, shard: int, timeout_s: float = 1.0) -> ShardStatus:
+        """The first replica's answer that comes; unavailable when none does."""
+        from mediasearch._proto.mediasearch.v1 import shard_pb2
+
+        for address in self.replicas[shard]:
+            try:
+                s = await self._stub(address).Stats(shard_pb2.ShardStatsRequest(), timeout=timeout_s)  # type: ignore[attr-defined]
+            except grpc.RpcError as exc:
+                log.warning("%s", from_rpc_error(exc, f"stats of shard {shard} at {address}"))
+                continue
+            return ShardStatus(shard, s.vectors, len(s.segment_ids))
+        return ShardStatus(shard, available=False)
 
     async def close(self) -> None:
         await super().close()

@@ -1,4 +1,4 @@
-"""The S3 segment store (boto3). botocore errors are translated here, where they enter.
+"""The S3 segment store, through the project's one AWS boundary (:mod:`mediasearch.aws`).
 
 Upload order makes ``put`` all-or-nothing to readers: data files first, ``segment.json`` last, so
 an object listing only reports a segment complete once every file is there. A writer killed
@@ -8,31 +8,12 @@ mid-upload leaves an incomplete prefix that garbage collection removes after the
 from __future__ import annotations
 
 import builtins
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
-from mediasearch.errors import NotFound, Unavailable
+from mediasearch import aws
 from mediasearch.vector_index.segment import DATA_FILES, META_FILE, SegmentMeta
 from mediasearch.vector_index.store import CachingStore, StoredSegment, _segment_id_of
-
-
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchKey", "NoSuchBucket"):
-            raise NotFound(f"{what}: {code}") from exc
-        raise Unavailable(f"{what}: S3 answered {code}") from exc
-    except BotoCoreError as exc:
-        raise Unavailable(f"{what}: {exc}") from exc
 
 
 class S3Store(CachingStore):
@@ -50,11 +31,7 @@ class S3Store(CachingStore):
         super().__init__(cache_dir)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._client = client or boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        self._client = client or aws.client("s3", endpoint_url=endpoint_url)
 
     def _key(self, segment_id: str, name: str = "") -> str:
         parts = [p for p in (self.prefix, segment_id, name) if p]
@@ -64,21 +41,21 @@ class S3Store(CachingStore):
         return f"s3://{self.bucket}/{self._key(segment_id)}"
 
     def put(self, folder: Path, meta: SegmentMeta) -> str:
-        with _translated(f"uploading segment {meta.segment_id}"):
+        with aws.translated(f"uploading segment {meta.segment_id}"):
             for name in (*DATA_FILES, META_FILE):  # META_FILE last: it marks the segment complete
                 self._client.upload_file(str(folder / name), self.bucket, self._key(meta.segment_id, name))
         return self._uri(meta.segment_id)
 
     def _download(self, uri: str, dest: Path) -> None:
         segment_id = _segment_id_of(uri)
-        with _translated(f"downloading segment {uri}"):
+        with aws.translated(f"downloading segment {uri}"):
             for name in (META_FILE, *DATA_FILES):
                 self._client.download_file(self.bucket, self._key(segment_id, name), str(dest / name))
 
     def delete(self, uri: str) -> None:
         segment_id = _segment_id_of(uri)
         keys = [obj["Key"] for obj in self._objects(self._key(segment_id) + "/")]
-        with _translated(f"deleting segment {uri}"):
+        with aws.translated(f"deleting segment {uri}"):
             for start in range(0, len(keys), 1000):
                 batch = [{"Key": k} for k in keys[start : start + 1000]]
                 self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
@@ -101,6 +78,6 @@ class S3Store(CachingStore):
         ]
 
     def _objects(self, prefix: str) -> builtins.list[dict[str, Any]]:
-        with _translated(f"listing s3://{self.bucket}/{prefix}"):
+        with aws.translated(f"listing s3://{self.bucket}/{prefix}"):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             return [obj for page in pages for obj in page.get("Contents", [])]

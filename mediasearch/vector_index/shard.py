@@ -24,25 +24,32 @@ import numpy as np
 
 from mediasearch.errors import InvalidInput, ManifestMismatch
 from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
+from mediasearch.settings import FromSettings, Settings
 from mediasearch.vector_index.merge import merge_topk
 from mediasearch.vector_index.segment import open_index
 from mediasearch.vector_index.store import SegmentStore
 
 log = logging.getLogger(__name__)
+DEFAULT_K = 10
 _faiss: Any = faiss  # the stubs lack the SearchParameters keyword constructors
 
 
 @dataclass(frozen=True)
-class SearchParams:
+class SearchParams(FromSettings):
     """Per-request knobs; nprobe and ef_search only matter for IVF segments."""
 
-    k: int = 10
-    nprobe: int = 16
-    ef_search: int = 128
+    k: int
+    nprobe: int
+    ef_search: int
 
     def __post_init__(self) -> None:
         if not (0 < self.k <= 10_000 and self.nprobe > 0 and self.ef_search > 0):
             raise InvalidInput(f"bad search parameters: {self}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchParams:
+        """The deployment's defaults (``MEDIASEARCH_SEARCH_NPROBE``, ``..._EF``), top 10."""
+        return cls(k=DEFAULT_K, nprobe=settings.search_nprobe, ef_search=settings.search_ef)
 
 
 class LoadedSegment:

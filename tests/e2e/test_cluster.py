@@ -8,11 +8,10 @@ Images go in the way users put them (S3 PUT -> notification -> SQS -> indexer) a
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from index_support import postgres_available, postgres_database
 
 from mediasearch.client import SearchClient
+from mediasearch.dev.emulated_aws import NotifyingBucket
+from mediasearch.dev.processes import Child, mediasearch_command
 from mediasearch.errors import Unavailable
 from mediasearch.export.micro.scenes import (
     GalleryItem,
@@ -33,24 +32,20 @@ from mediasearch.export.micro.scenes import (
     read_gallery,
     write_gallery,
 )
-
-AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+from tests.support.postgres import Postgres
 
 
 @dataclass
 class Cluster:
-    proc: subprocess.Popen[bytes]
+    child: Child  # `mediasearch up`
     workdir: Path
     client: SearchClient
-    s3: Any
+    bucket: NotifyingBucket
     gallery: dict[str, GalleryItem]  # key -> scene
 
     @property
     def info(self) -> dict[str, Any]:
         return dict(json.loads((self.workdir / "cluster.json").read_text()))
-
-    def put(self, key: str, data: bytes) -> None:
-        self.s3.put_object(Bucket=self.info["bucket"], Key=key, Body=data, ContentType="image/jpeg")
 
 
 def _wait(what: str, check: Any, timeout: float) -> Any:
@@ -63,54 +58,43 @@ def _wait(what: str, check: Any, timeout: float) -> Any:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def make_up(
+    repository: Path, database_url: str, tmp: Path, *extra: str
+) -> Iterator[tuple[Child, dict[str, Any]]]:
+    """``mediasearch up --free-ports`` until the block ends (then Ctrl-C, as a user would)."""
+    workdir = tmp / "work"
+    argv = mediasearch_command(
+        "up", "--free-ports", "--workdir", str(workdir), "--repository", str(repository),
+        "--database-url", database_url, *extra,
+    )  # fmt: skip
+    child = Child("up", argv, log_path=tmp / "up.log").start()
+    try:
+        child.wait_until(lambda: (workdir / "cluster.json").exists(), 120, "writing cluster.json")
+        yield child, json.loads((workdir / "cluster.json").read_text())
+    finally:
+        child.interrupt()
+        child.wait(timeout_s=60)
+        child.stop()
+
+
 @pytest.fixture(scope="module")
-def cluster(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+def cluster(
+    micro_repository: Path, tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
+) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("up")
     write_gallery(tmp / "gallery", 60, seed=21)
     gallery = {f"scenes/{it.image.name}": it for it in read_gallery(tmp / "gallery")}
-    with postgres_database() as url:
-        workdir = tmp / "work"
-        log = (tmp / "up.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mediasearch.cli",
-                "up",
-                "--free-ports",
-                "--workdir",
-                str(workdir),
-                "--repository",
-                str(micro_repository),
-                "--database-url",
-                url,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        client = None
-        try:
-            _wait("cluster up", lambda: (workdir / "cluster.json").exists() or proc.poll() is not None, 120)
-            assert proc.poll() is None, (tmp / "up.log").read_text()[-4000:]
-            info = json.loads((workdir / "cluster.json").read_text())
-            client = SearchClient(info["gateway"], timeout_s=10)
-            client.wait_ready()
-            s3 = boto3.client("s3", endpoint_url=info["s3_endpoint"], **AWS)
-            cluster = Cluster(proc, workdir, client, s3, gallery)
-            for key, item in gallery.items():
-                cluster.put(key, item.image.read_bytes())
-            yield cluster
-        finally:
-            if client is not None:
-                client.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    with (
+        postgres() as url,
+        make_up(micro_repository, url, tmp) as (child, info),
+        SearchClient(info["gateway"], timeout_s=10) as client,
+    ):
+        client.wait_ready()
+        bucket = NotifyingBucket.create(info["s3_endpoint"], info["bucket"], notify=False)
+        for key, item in gallery.items():
+            bucket.put(key, item.image.read_bytes(), "image/jpeg")
+        yield Cluster(child, tmp / "work", client, bucket, gallery)
 
 
 def _indexed(cluster: Cluster) -> int:
@@ -121,7 +105,7 @@ def test_an_image_put_into_s3_is_returned_by_search_text_within_seconds(cluster:
     item = next(iter(cluster.gallery.values()))
     key = "fresh/just-uploaded.jpg"
     put = time.monotonic()
-    cluster.put(key, item.image.read_bytes())
+    cluster.bucket.put(key, item.image.read_bytes(), "image/jpeg")
 
     def found() -> bool:
         results = cluster.client.search_text(item.caption, top_k=1, key_prefix="fresh/").results
@@ -197,10 +181,23 @@ def test_search_is_unavailable_while_the_encoder_is_down_and_works_again_after_i
     _wait("searches answered again", answered, 60)
 
 
-def test_ctrl_c_stops_every_process_of_the_cluster(cluster: Cluster) -> None:
-    pids = list(cluster.info["pids"].values())
-    cluster.proc.send_signal(signal.SIGINT)
-    assert cluster.proc.wait(timeout=60) == 0
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+def test_ctrl_c_stops_every_process_of_the_cluster(
+    micro_repository: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """A cluster of its own (the module's stays up for the other tests)."""
+    with make_up(micro_repository, postgres_url, tmp_path, "--no-indexer") as (child, info):
+        pids = list(info["pids"].values())
+        assert len(pids) >= 5  # moto, two shard servers, compactor, gateway, triton
+        assert all(_alive(pid) for pid in pids)
+        child.interrupt()
+        assert child.wait(timeout_s=60) == 0
+    assert not [pid for pid in pids if _alive(pid)]
+    assert "cluster stopped" in (tmp_path / "up.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,14 +1,13 @@
-"""Real servers for the integration tier, started once per session on free loopback ports."""
+"""Real servers for the integration tier, started on free loopback ports."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mediasearch.dev.processes import free_port
+from mediasearch.dev.emulated_aws import ENV, moto_server
 from mediasearch.dev.triton import LocalTriton, TritonOptions
 
 
@@ -23,23 +22,9 @@ def triton_server(tiny_repository: Path) -> Iterator[LocalTriton]:
         yield server
 
 
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 + SQS server on a free loopback port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    """A fresh moto server for one test."""
+    """A fresh moto S3 + SQS server for one test."""
     with moto_server() as url:
         yield url
 
@@ -49,3 +34,10 @@ def module_endpoint() -> Iterator[str]:
     """One moto server shared by a module's tests (they use buckets and queues of their own)."""
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's keys and region in this process's environment (what boto3 reads)."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)

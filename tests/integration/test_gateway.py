@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_support import publish_images, start_process, stop_process, wait_port_file
-from index_support import postgres_available, postgres_database
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.client import SearchClient
+from mediasearch.dev.emulated_aws import ENV as AWS_ENV
+from mediasearch.dev.processes import Child, mediasearch_command
 from mediasearch.encoders import LocalEncoder
 from mediasearch.errors import DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from mediasearch.export.micro.scenes import (
@@ -36,6 +35,8 @@ from mediasearch.export.micro.scenes import (
 )
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.vector_index.store import LocalFolderStore
+from tests.support.gateway import publish_images
+from tests.support.postgres import Postgres
 
 N_SCENES = 120
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -51,7 +52,7 @@ class Stack:
     items: dict[int, GalleryItem]  # image id -> scene
     rows: dict[int, dict[str, object]]
     client: SearchClient
-    shards: dict[int, tuple[object, int]]  # shard -> (process, port)
+    shards: dict[int, tuple[Child, int]]  # shard -> (process, port)
     db_url: str
     metrics_port: int
 
@@ -74,38 +75,36 @@ def _rows(items: list[GalleryItem]) -> list[dict[str, object]]:
     return rows
 
 
-def _shard(stack_tmp: Path, shard: int, url: str, store: Path, port: int = 0) -> tuple[object, int]:
+def _shard(stack_tmp: Path, shard: int, url: str, store: Path, port: int = 0) -> tuple[Child, int]:
     name = f"shard{shard}-{time.monotonic_ns()}"
-    port_file, log = stack_tmp / f"{name}.port", stack_tmp / f"{name}.log"
-    proc = start_process(
-        [
-            "shard-server",
-            "--shard",
-            str(shard),
-            "--port",
-            str(port),
-            "--port-file",
-            str(port_file),
-            "--database-url",
-            url,
-            "--store-url",
-            store.as_uri(),
-            "--cache-dir",
-            str(stack_tmp / "cache"),
-            "--poll-interval",
-            "0.3",
-            "--workers",
-            "2",
-        ],
-        log,
+    port_file = stack_tmp / f"{name}.port"
+    argv = mediasearch_command(
+        "shard-server",
+        "--shard",
+        str(shard),
+        "--port",
+        str(port),
+        "--port-file",
+        str(port_file),
+        "--database-url",
+        url,
+        "--store-url",
+        store.as_uri(),
+        "--cache-dir",
+        str(stack_tmp / "cache"),
+        "--poll-interval",
+        "0.3",
+        "--workers",
+        "2",
     )
-    return proc, wait_port_file(proc, port_file, log)[0]
+    child = Child(name, argv, log_path=stack_tmp / f"{name}.log").start()
+    return child, child.wait_port_file(port_file, 60)[0]
 
 
 @pytest.fixture(scope="module")
-def stack(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+def stack(
+    micro_repository: Path, tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("gateway")
     write_gallery(tmp / "gallery", N_SCENES, seed=11)
     items = read_gallery(tmp / "gallery")
@@ -116,7 +115,7 @@ def stack(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             return vectors, encoder.model_version
 
     vectors, version = asyncio.run(encode())
-    with postgres_database() as url:
+    with postgres() as url:
         engine = make_engine(url)
         migrate(engine)
         sessions = session_factory(engine)
@@ -134,16 +133,14 @@ def stack(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             "MEDIASEARCH_IMAGES_ROOT": str(tmp / "gallery"),
             "MEDIASEARCH_GATEWAY_MAX_TOP_K": "200",
             "MEDIASEARCH_GATEWAY_LOG_JSON": "true",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
+            **AWS_ENV,
         }
-        gateway = start_process(
-            ["serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file)], log, env
-        )
+        ports = ("--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
+        argv = mediasearch_command("serve", *ports)
+        gateway = Child("gateway", argv, env=env, log_path=log).start()
         client = None
         try:
-            port, metrics_port = wait_port_file(gateway, port_file, log)
+            port, metrics_port = gateway.wait_port_file(port_file, 60)
             client = SearchClient(f"127.0.0.1:{port}", timeout_s=10)
             client.wait_ready()
             yield Stack(
@@ -155,9 +152,9 @@ def stack(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         finally:
             if client is not None:
                 client.close()
-            stop_process(gateway)
-            for proc, _ in shards.values():
-                stop_process(proc)  # type: ignore[arg-type]
+            gateway.stop()
+            for child, _ in shards.values():
+                child.stop()
             engine.dispose()
 
 
@@ -334,12 +331,12 @@ def test_partial_when_one_shard_server_is_down_unavailable_when_all_are_and_full
     stack: Stack,
 ) -> None:
     proc1, port1 = stack.shards[1]
-    proc1.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-    proc1.wait()  # type: ignore[attr-defined]
+    proc1.kill()
+    proc1.wait()
     response = stack.client.search_text("orange squares", top_k=5)
     assert response.partial and response.results
     proc0, _ = stack.shards[0]
-    stop_process(proc0)  # type: ignore[arg-type]
+    proc0.stop()
     with pytest.raises(Unavailable, match="UNAVAILABLE"):
         stack.client.search_text("orange squares", top_k=5)
     stack.shards[0] = _shard(stack.tmp, 0, stack.db_url, stack.store.root, port=stack.shards[0][1])

@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from indexer_support import (
-    AWS_ENV,
-    Bucket,
+
+from mediasearch.dev.emulated_aws import ENV as AWS_ENV
+from mediasearch.dev.emulated_aws import NotifyingBucket
+from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.indexer.backfill import backfill
+from mediasearch.metadata.models import INDEXED
+from tests.support.indexer import (
     indexer_settings,
     rows,
     scene_bytes,
@@ -22,16 +25,13 @@ from indexer_support import (
     store_of,
 )
 
-from mediasearch.indexer.backfill import backfill
-from mediasearch.metadata.models import INDEXED
 
-
+@pytest.mark.usefixtures("aws_env")
 def test_backfill_killed_midway_resumes_and_later_runs_index_only_new_objects(
-    endpoint: str, tmp_path: Path, tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
+    endpoint: str, tmp_path: Path, tiny_repository: Path
 ) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    bucket = Bucket(endpoint, f"backfill-{uuid.uuid4().hex[:8]}")  # no notifications: objects already there
+    name = f"backfill-{uuid.uuid4().hex[:8]}"
+    bucket = NotifyingBucket.create(endpoint, name, notify=False)  # no notifications: objects already there
     for i in range(40):
         bucket.put(f"archive/{i:03d}.jpg", scene_bytes(i))
     bucket.put("elsewhere/skip-me.jpg", scene_bytes(99))
@@ -42,19 +42,15 @@ def test_backfill_killed_midway_resumes_and_later_runs_index_only_new_objects(
         "MEDIASEARCH_INDEXER_BATCH_SIZE": "8",
         "MEDIASEARCH_INDEXER_COMMIT_MAX_ITEMS": "8",
     }
-    cmd = [sys.executable, "-m", "mediasearch.cli", "backfill", f"s3://{bucket.name}/archive/",
-           "--s3-endpoint-url", endpoint, "--database-url", settings.database_url,
-           "--store-url", settings.segment_store_url, "--model-repository", str(tiny_repository)]  # fmt: skip
+    cmd = mediasearch_command(
+        "backfill", f"s3://{bucket.name}/archive/", "--s3-endpoint-url", endpoint,
+        "--database-url", settings.database_url, "--store-url", settings.segment_store_url,
+        "--model-repository", str(tiny_repository),
+    )  # fmt: skip
 
-    proc = subprocess.Popen(
-        [*cmd, "--no-progress"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "stage=committed" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    killed = Child("backfill", [*cmd, "--no-progress"], env=env).start()
+    killed.kill_at("stage=committed")
+    assert killed.wait(timeout_s=60) == -signal.SIGKILL
     sessions = sessions_for(settings.database_url)
     first = sum(r.status == INDEXED for r in rows(sessions))
     assert 0 < first < 40

@@ -7,15 +7,20 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from index_support import postgres_available, postgres_database
-from indexer_support import (
-    AWS_ENV,
-    Bucket,
+
+from mediasearch.dev.emulated_aws import NotifyingBucket
+from mediasearch.dev.emulated_aws import client as emulator_client
+from mediasearch.encoders import LocalEncoder
+from mediasearch.indexer.sqs import POISON_ATTRIBUTE, SqsSource
+from mediasearch.indexer.worker import arun_worker
+from mediasearch.metadata.models import FAILED, INDEXED, REMOVED
+from mediasearch.settings import Settings
+from tests.support.indexer import (
     bad_inputs,
+    bucket_settings,
     indexer_settings,
     rows,
     scene_bytes,
@@ -25,12 +30,6 @@ from indexer_support import (
     store_of,
 )
 
-from mediasearch.encoders import LocalEncoder
-from mediasearch.indexer.sqs import POISON_ATTRIBUTE, SqsSource, aws_client
-from mediasearch.indexer.worker import arun_worker
-from mediasearch.metadata.models import FAILED, INDEXED, REMOVED
-from mediasearch.settings import Settings
-
 
 @pytest.fixture(scope="module")
 def endpoint(module_endpoint: str) -> str:
@@ -38,18 +37,14 @@ def endpoint(module_endpoint: str) -> str:
 
 
 @pytest.fixture
-def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    return Bucket(endpoint, f"photos-{uuid.uuid4().hex[:8]}")
+def bucket(endpoint: str, aws_env: None) -> NotifyingBucket:
+    name = f"photos-{uuid.uuid4().hex[:8]}"
+    return NotifyingBucket.create(endpoint, name, notify=False, also=(f"{name}-segments",))
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    with postgres_database() as url:
-        yield url
+def database_url(postgres_url: str) -> str:
+    return postgres_url
 
 
 def event_body(bucket: str, encoded_key: str, etag: str | None) -> str:
@@ -64,10 +59,10 @@ def work(settings: Settings) -> None:
 
 
 def test_s3_events_index_new_objects_replace_overwritten_ones_remove_deleted_ones_and_record_bad_ones(
-    bucket: Bucket, database_url: str, tmp_path: Path, tiny_repository: Path
+    bucket: NotifyingBucket, database_url: str, tmp_path: Path, tiny_repository: Path
 ) -> None:
     bucket.notify()
-    settings = indexer_settings(tmp_path, tiny_repository, database_url, **bucket.settings_overrides())
+    settings = indexer_settings(tmp_path, tiny_repository, database_url, **bucket_settings(bucket))
     good = {f"holiday photos/day {i}+{i}.jpg": scene_bytes(i) for i in range(12)}
     etags = {key: bucket.put(key, data) for key, data in good.items()}
     corpus = bad_inputs()
@@ -115,11 +110,11 @@ def test_s3_events_index_new_objects_replace_overwritten_ones_remove_deleted_one
 
 
 def test_a_message_received_more_than_max_receives_times_is_moved_to_the_dead_letter_queue(
-    bucket: Bucket, tmp_path: Path
+    bucket: NotifyingBucket, tmp_path: Path
 ) -> None:
     body = event_body(bucket.name, "a.jpg", None)
     bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=body)
-    client = aws_client("sqs", bucket.endpoint)
+    client = emulator_client("sqs", bucket.endpoint)
     source = SqsSource(
         client, bucket.queue_url, wait_time_s=1, max_receives=2, dlq_url=bucket.dlq_url, retry_delay_s=0
     )
@@ -135,10 +130,12 @@ def test_a_message_received_more_than_max_receives_times_is_moved_to_the_dead_le
     )
 
 
-def test_visibility_of_a_delivery_in_flight_is_extended_until_it_is_acknowledged(bucket: Bucket) -> None:
+def test_visibility_of_a_delivery_in_flight_is_extended_until_it_is_acknowledged(
+    bucket: NotifyingBucket,
+) -> None:
     bucket.sqs.send_message(QueueUrl=bucket.queue_url, MessageBody=json.dumps({"Records": []}))
     source = SqsSource(
-        aws_client("sqs", bucket.endpoint), bucket.queue_url, wait_time_s=0, visibility_timeout_s=3
+        emulator_client("sqs", bucket.endpoint), bucket.queue_url, wait_time_s=0, visibility_timeout_s=3
     )
     (delivery,) = source.receive(10)
     for _ in range(4):  # a slow batch: 4.4 s > the 3 s visibility timeout

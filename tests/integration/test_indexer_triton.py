@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import postgres_available, postgres_database
-from indexer_support import (
-    AWS_ENV,
-    Bucket,
+
+from mediasearch.dev.emulated_aws import NotifyingBucket
+from mediasearch.dev.triton import LocalTriton
+from mediasearch.encoders import LocalEncoder
+from mediasearch.indexer.worker import arun_worker
+from mediasearch.metadata.models import INDEXED
+from mediasearch.metadata.segment_manifest import load_shard_manifest
+from mediasearch.vector_index.segment import load_vectors
+from tests.support.indexer import (
+    bucket_settings,
     indexer_settings,
     rows,
     scene_bytes,
@@ -21,54 +27,40 @@ from indexer_support import (
     store_of,
 )
 
-from mediasearch.dev.triton import LocalTriton
-from mediasearch.encoders import LocalEncoder
-from mediasearch.indexer.worker import arun_worker
-from mediasearch.metadata.models import INDEXED
-from mediasearch.metadata.segment_manifest import load_shard_manifest
-from mediasearch.vector_index.segment import load_vectors
 
-
+@pytest.mark.usefixtures("aws_env")
 def test_sqs_indexer_with_triton_publishes_the_local_encoders_vectors_and_finds_each_image(
-    endpoint: str,
-    triton_server: LocalTriton,
-    tiny_repository: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str, triton_server: LocalTriton, tiny_repository: Path, tmp_path: Path, postgres_url: str
 ) -> None:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    bucket = Bucket(endpoint, f"triton-{uuid.uuid4().hex[:8]}")
-    bucket.notify()
+    name = f"triton-{uuid.uuid4().hex[:8]}"
+    bucket = NotifyingBucket.create(endpoint, name, also=(f"{name}-segments",))
     images = {f"t/{i}.jpg": scene_bytes(i, size=96) for i in range(20)}
     for key, data in images.items():
         bucket.put(key, data)
-    with postgres_database() as database_url:
-        settings = indexer_settings(
-            tmp_path, tiny_repository, database_url, encoder="triton", triton_grpc_url=triton_server.grpc_url,
-            **bucket.settings_overrides(),
-        )  # fmt: skip
-        report = asyncio.run(arun_worker(settings, idle_exit_s=1.5))
-        assert (report.indexed, report.failed, report.retried) == (20, 0, 0)
+    database_url = postgres_url
+    settings = indexer_settings(
+        tmp_path, tiny_repository, database_url, encoder="triton", triton_grpc_url=triton_server.grpc_url,
+        **bucket_settings(bucket),
+    )  # fmt: skip
+    report = asyncio.run(arun_worker(settings, idle_exit_s=1.5))
+    assert (report.indexed, report.failed, report.retried) == (20, 0, 0)
 
-        async def local() -> np.ndarray:
-            async with LocalEncoder(tiny_repository) as enc:
-                return (await enc.encode_images(list(images.values()))).raise_first()
+    async def local() -> np.ndarray:
+        async with LocalEncoder(tiny_repository) as enc:
+            return (await enc.encode_images(list(images.values()))).raise_first()
 
-        want = dict(zip(images, asyncio.run(local()), strict=True))
-        sessions = sessions_for(database_url)
-        ids = {r.id: r.key for r in rows(sessions) if r.status == INDEXED}
-        store = store_of(settings)
-        got: dict[str, np.ndarray] = {}
-        for shard in range(settings.num_shards):
-            with sessions() as s:
-                for record in load_shard_manifest(s, shard).segments:
-                    seg_ids, vectors = load_vectors(store.open(record.uri))
-                    got.update({ids[int(i)]: np.array(v) for i, v in zip(seg_ids, vectors, strict=True)})
-        assert sorted(got) == sorted(images)
-        assert max(float(np.abs(got[k] - want[k]).max()) for k in images) <= 1e-5
-        by_key = {v: k for k, v in ids.items()}
-        for key in list(images)[:5]:
-            assert search_ids(sessions, store, settings.num_shards, want[key], k=1) == [by_key[key]]
+    want = dict(zip(images, asyncio.run(local()), strict=True))
+    sessions = sessions_for(database_url)
+    ids = {r.id: r.key for r in rows(sessions) if r.status == INDEXED}
+    store = store_of(settings)
+    got: dict[str, np.ndarray] = {}
+    for shard in range(settings.num_shards):
+        with sessions() as s:
+            for record in load_shard_manifest(s, shard).segments:
+                seg_ids, vectors = load_vectors(store.open(record.uri))
+                got.update({ids[int(i)]: np.array(v) for i, v in zip(seg_ids, vectors, strict=True)})
+    assert sorted(got) == sorted(images)
+    assert max(float(np.abs(got[k] - want[k]).max()) for k in images) <= 1e-5
+    by_key = {v: k for k, v in ids.items()}
+    for key in list(images)[:5]:
+        assert search_ids(sessions, store, settings.num_shards, want[key], k=1) == [by_key[key]]

@@ -7,13 +7,10 @@ ImageRecord), and an unreachable database must be Unavailable, not a driver exce
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
-from index_support import migrated_engine, postgres_available, postgres_database
 from sqlalchemy import Engine
 
 from mediasearch.errors import Unavailable
@@ -24,10 +21,9 @@ from mediasearch.metadata.readers import PgImageReader, SqlImageReader, open_ima
 WHEN = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    with migrated_engine(request.param, tmp_path) as engine:
-        yield engine
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 def _rows(engine: Engine) -> tuple[list[int], int, int]:
@@ -83,28 +79,28 @@ def test_an_unreachable_postgresql_is_unavailable() -> None:
         asyncio.run(read())
 
 
-def test_a_pooled_connection_dropped_by_the_server_is_replaced_without_failing_the_lookup() -> None:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    with postgres_database() as url:
-        engine = make_engine(url)
-        migrate(engine)
-        indexed, _, _ = _rows(engine)
+def test_a_pooled_connection_dropped_by_the_server_is_replaced_without_failing_the_lookup(
+    postgres_url: str,
+) -> None:
+    url = postgres_url
+    engine = make_engine(url)
+    migrate(engine)
+    indexed, _, _ = _rows(engine)
 
-        async def read() -> None:
-            reader = PgImageReader(url)
-            try:
-                assert set(await reader.get(indexed)) == set(indexed)
-                pids = [c.info.backend_pid for c in reader._idle]
-                with psycopg.connect(
-                    url.replace("/" + url.rsplit("/", 1)[1], "/postgres"), autocommit=True
-                ) as admin:
-                    for pid in pids:  # what a server restart or a proxy's idle timeout does
-                        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                assert set(await reader.get(indexed)) == set(indexed)  # retried on a new connection
-                assert [c.info.backend_pid for c in reader._idle] != pids
-            finally:
-                await reader.close()
+    async def read() -> None:
+        reader = PgImageReader(url)
+        try:
+            assert set(await reader.get(indexed)) == set(indexed)
+            pids = [c.info.backend_pid for c in reader._idle]
+            with psycopg.connect(
+                url.replace("/" + url.rsplit("/", 1)[1], "/postgres"), autocommit=True
+            ) as admin:
+                for pid in pids:  # what a server restart or a proxy's idle timeout does
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            assert set(await reader.get(indexed)) == set(indexed)  # retried on a new connection
+            assert [c.info.backend_pid for c in reader._idle] != pids
+        finally:
+            await reader.close()
 
-        asyncio.run(read())
-        engine.dispose()
+    asyncio.run(read())
+    engine.dispose()

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import add_segment, brute_force, clustered, sqlite_sessions
 from sqlalchemy.orm import Session, sessionmaker
 
+from mediasearch.dev.processes import Child, mediasearch_command
 from mediasearch.metadata.segment_manifest import add_tombstones, load_shard_manifest
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import Compactor
 from mediasearch.vector_index.segment import read_meta, verify
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import LocalFolderStore
+from tests.support.index import add_segment, brute_force, clustered, sqlite_sessions
 
-CONFIG = BuildConfig(flat_max=2000)
+CONFIG = BuildConfig.defaults(flat_max=2000)
 N, PARTS = 9000, 6
 
 
@@ -40,25 +37,20 @@ def _setup(tmp: Path) -> tuple[sessionmaker[Session], LocalFolderStore, np.ndarr
 def _run_and_kill(tmp: Path, store: LocalFolderStore, kill_at: str | float) -> str:
     """Run `mediasearch compact` in a subprocess; SIGKILL it when it logs stage ``kill_at``
     (or after ``kill_at`` seconds). Returns what it had logged."""
-    env = {**os.environ, "MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
+    env = {"MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
     db = f"sqlite:///{tmp / 'meta.db'}"
-    cmd = [sys.executable, "-m", "mediasearch.cli", "compact", "--shard", "0", "--min-segments", "2",
-           "--gc-grace", "0", "--database-url", db, "--store-url", store.root.as_uri()]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env, text=True)
-    assert proc.stderr is not None
+    argv = mediasearch_command(
+        "compact", "--shard", "0", "--min-segments", "2", "--gc-grace", "0", "--database-url", db,
+        "--store-url", store.root.as_uri(),
+    )  # fmt: skip
+    child = Child("compactor", argv, env=env).start()
     seen = []
-    started = time.monotonic()
     if isinstance(kill_at, float):
         time.sleep(kill_at)
-        proc.send_signal(signal.SIGKILL)
+        child.kill()
     else:
-        for line in proc.stderr:
-            seen.append(line)
-            if f"stage={kill_at}" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait(timeout=60)
-    assert time.monotonic() - started < 60
+        seen = child.kill_at(f"stage={kill_at}")
+    child.wait(timeout_s=60)
     return "".join(seen)
 
 
@@ -99,7 +91,7 @@ def test_compaction_killed_at_any_point_restarts_into_a_consistent_complete_inde
     shard = Shard(0, store)
     shard.apply(manifest)
     q = clustered(20, d=64, seed=8)
-    _, found = shard.search(q, SearchParams(k=10, nprobe=256, ef_search=256))
+    _, found = shard.search(q, SearchParams.defaults(k=10, nprobe=256, ef_search=256))
     np.testing.assert_array_equal(found, brute_force(x, ids, q, 10, excluded=deleted)[1])
 
 
@@ -120,11 +112,12 @@ def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_
 ) -> None:
     sessions, store, _, _, deleted = _setup(tmp_path)
     db = f"sqlite:///{tmp_path / 'meta.db'}"
-    cmd = [sys.executable, "-m", "mediasearch.cli", "compact", "--every", "0.2", "--shard", "0",
-           "--min-segments", "2", "--gc-grace", "0", "--database-url", db,
-           "--store-url", store.root.as_uri()]  # fmt: skip
-    env = {**os.environ, "MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    argv = mediasearch_command(
+        "compact", "--every", "0.2", "--shard", "0", "--min-segments", "2", "--gc-grace", "0",
+        "--database-url", db, "--store-url", store.root.as_uri(),
+    )  # fmt: skip
+    env = {"MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
+    child = Child("compactor", argv, env=env, log_path=tmp_path / "compactor.log").start()
     try:
         _wait_for(lambda: len(_live(sessions)) == 1)  # the six equal segments, merged
         big = _live(sessions)[0]
@@ -134,12 +127,10 @@ def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_
         add_segment(sessions, store, more[:300], np.arange(N, N + 300))
         add_segment(sessions, store, more[300:], np.arange(N + 300, N + 600))
         _wait_for(lambda: sorted(_live(sessions)) == [600, big])
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
+        status = child.stop(timeout_s=30)
+    out = (tmp_path / "compactor.log").read_text()
+    assert status == 0, out
     assert "compacting shards [0] every 0.2s" in out and "merged 2 segments" in out
     served, live = _served_ids(sessions, store)
     assert live == 2

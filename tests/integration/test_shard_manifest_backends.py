@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import psycopg
 import pytest
-from index_support import MODEL, migrated_engine, postgres_available, postgres_database
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,12 +17,12 @@ from mediasearch.metadata.segment_manifest import (
     load_shard_manifest,
     publish,
 )
+from tests.support.index import MODEL
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    with migrated_engine(request.param, tmp_path) as engine:
-        yield session_factory(engine)
+@pytest.fixture
+def sessions(migrated_engine: Engine) -> sessionmaker[Session]:
+    return session_factory(migrated_engine)
 
 
 def _rec(sid: str, shard: int = 0) -> SegmentRecord:
@@ -56,45 +52,39 @@ def test_concurrent_retire_conflicts_on_both_backends(sessions: sessionmaker[Ses
         assert [r.segment_id for r in load_shard_manifest(s, 0).segments] == ["first"]
 
 
-def test_postgres_publish_notifies_listening_shard_servers() -> None:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable")
-    with postgres_database() as url:
-        engine = make_engine(url)
-        migrate(engine)
-        with psycopg.connect(url, autocommit=True) as listener:
-            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            publish(session_factory(engine), add=[_rec("n", shard=2)])
-            payloads = [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
-        engine.dispose()
+def test_postgres_publish_notifies_listening_shard_servers(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    with psycopg.connect(postgres_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        publish(session_factory(engine), add=[_rec("n", shard=2)])
+        payloads = [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
+    engine.dispose()
     assert payloads == ["2"]
 
 
-def test_services_starting_together_migrate_a_fresh_postgres_once() -> None:
+def test_services_starting_together_migrate_a_fresh_postgres_once(postgres_url: str) -> None:
     """Shard servers, indexer and gateway all run the migrations at start; without a lock the
     racing CREATEs failed or deadlocked."""
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
     import threading
 
-    with postgres_database() as url:
-        errors: list[BaseException] = []
-        engines = [make_engine(url) for _ in range(4)]
+    errors: list[BaseException] = []
+    engines = [make_engine(postgres_url) for _ in range(4)]
 
-        def start(engine: Engine) -> None:
-            try:
-                migrate(engine)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+    def start(engine: Engine) -> None:
+        try:
+            migrate(engine)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
-        threads = [threading.Thread(target=start, args=(e,), daemon=True) for e in engines]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads), "a migration hung"
-        assert errors == []
-        with engines[0].connect() as conn:
-            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
-        for e in engines:
-            e.dispose()
+    threads = [threading.Thread(target=start, args=(e,), daemon=True) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a migration hung"
+    assert errors == []
+    with engines[0].connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+    for e in engines:
+        e.dispose()

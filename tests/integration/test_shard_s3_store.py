@@ -7,7 +7,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from index_support import MODEL, brute_force, unit_vectors
 
 from mediasearch.dev.processes import free_port
 from mediasearch.errors import NotFound, Unavailable
@@ -17,6 +16,7 @@ from mediasearch.vector_index.s3store import S3Store
 from mediasearch.vector_index.segment import read_meta, write_segment
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import open_store
+from tests.support.index import MODEL, brute_force, unit_vectors
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def store(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3S
 
 def test_s3_segment_round_trip_is_verified_and_searchable(store: S3Store, tmp_path: Path) -> None:
     x, ids = unit_vectors(800, seed=1), np.arange(800, dtype=np.int64) + 5
-    meta = write_segment(tmp_path / "w", x, ids, shard=1, model_version=MODEL, config=BuildConfig())
+    meta = write_segment(tmp_path / "w", x, ids, shard=1, model_version=MODEL, config=BuildConfig.defaults())
     uri = store.put(tmp_path / "w", meta)
     assert uri == f"s3://{store.bucket}/index/v1/{meta.segment_id}"
     listed = store.list()
@@ -49,7 +49,9 @@ def test_s3_segment_round_trip_is_verified_and_searchable(store: S3Store, tmp_pa
     shard = Shard(1, store)
     shard.apply(ShardManifest(1, (SegmentRecord.from_meta(meta, uri),), np.empty(0, np.int64), (0, 0)))
     q = unit_vectors(5, seed=2)
-    np.testing.assert_array_equal(shard.search(q, SearchParams(k=5))[1], brute_force(x, ids, q, 5)[1])
+    np.testing.assert_array_equal(
+        shard.search(q, SearchParams.defaults(k=5))[1], brute_force(x, ids, q, 5)[1]
+    )
     assert read_meta(shard.view.segments[0].folder).model_version == MODEL
 
 
@@ -57,7 +59,7 @@ def test_s3_listing_reports_an_interrupted_upload_as_incomplete_and_delete_remov
     store: S3Store, tmp_path: Path
 ) -> None:
     meta = write_segment(tmp_path / "w", unit_vectors(10), np.arange(10), shard=0, model_version=MODEL,
-                         config=BuildConfig())  # fmt: skip
+                         config=BuildConfig.defaults())  # fmt: skip
     key = f"{store.prefix}/{meta.segment_id}/ids.npy"
     store._client.upload_file(str(tmp_path / "w" / "ids.npy"), store.bucket, key)  # killed after one file
     assert [(e.segment_id, e.complete) for e in store.list()] == [(meta.segment_id, False)]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +13,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from index_support import add_segment, brute_force, postgres_available, postgres_database, unit_vectors
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
+from mediasearch.dev.processes import Child, free_ports, mediasearch_command, stop_all
 from mediasearch.errors import Unavailable
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.segment_manifest import add_tombstones
@@ -27,6 +24,8 @@ from mediasearch.vector_index.partition import HashPartitioner
 from mediasearch.vector_index.router import GrpcRouter
 from mediasearch.vector_index.shard import SearchParams
 from mediasearch.vector_index.store import LocalFolderStore
+from tests.support.index import add_segment, brute_force, unit_vectors
+from tests.support.postgres import Postgres
 
 N, DIM = 3000, 32
 
@@ -37,39 +36,32 @@ class Cluster:
     store: LocalFolderStore
     vectors: np.ndarray
     ids: np.ndarray
-    procs: dict[str, subprocess.Popen[bytes]]
+    procs: dict[str, Child]
     addresses: dict[str, str]
 
 
-def _start(name: str, shard: int, url: str, store: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    port_file = tmp / f"{name}.port"
-    cmd = [sys.executable, "-m", "mediasearch.cli", "shard-server", "--shard", str(shard), "--port", "0",
-           "--port-file", str(port_file), "--database-url", url, "--store-url", store.as_uri(),
-           "--cache-dir", str(tmp / "cache"), "--poll-interval", "0.3", "--workers", "4"]  # fmt: skip
-    log = (tmp / f"{name}.log").open("wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port_file
+def _shard_server(name: str, shard: int, port: int, url: str, store: Path, tmp: Path) -> Child:
+    argv = mediasearch_command(
+        "shard-server", "--shard", str(shard), "--port", str(port), "--database-url", url,
+        "--store-url", store.as_uri(), "--cache-dir", str(tmp / "cache"), "--poll-interval", "0.3",
+        "--workers", "4",
+    )  # fmt: skip
+    return Child(name, argv, log_path=tmp / f"{name}.log")
 
 
-def _wait_serving(address: str, deadline: float) -> None:
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} never became SERVING")
+@contextlib.contextmanager
+def _restarted_afterwards(child: Child, port: int) -> Iterator[None]:
+    """Put a server a test stops back as it was, so the module's tests do not depend on order."""
+    try:
+        yield
+    finally:
+        child.start().wait_serving(port, timeout_s=60)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster")
-    with postgres_database() as url:
+    with postgres() as url:
         engine = make_engine(url)
         migrate(engine)
         sessions = session_factory(engine)
@@ -80,29 +72,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             mine = np.flatnonzero(owner == shard)
             for part in np.array_split(mine, 2):
                 add_segment(sessions, store, x[part], ids[part], shard=shard)
-        started = {name: _start(name, shard, url, store.root, tmp) for name, shard in
-                   (("s0a", 0), ("s0b", 0), ("s1", 1))}  # fmt: skip
-        procs = {name: p for name, (p, _) in started.items()}
+        ports = dict(zip(("s0a", "s0b", "s1"), free_ports(3), strict=True))
+        procs = {
+            name: _shard_server(name, int(name[1]), ports[name], url, store.root, tmp).start()
+            for name in ports
+        }
         try:
-            deadline = time.monotonic() + 60
-            addresses = {}
-            for name, (proc, port_file) in started.items():
-                while not port_file.exists() or not port_file.read_text():
-                    assert proc.poll() is None, (tmp / f"{name}.log").read_text()
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
-                addresses[name] = f"127.0.0.1:{port_file.read_text()}"
-                _wait_serving(addresses[name], deadline)
+            for name, child in procs.items():
+                child.wait_serving(ports[name], timeout_s=60)
+            addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
             yield Cluster(sessions, store, x, ids, procs, addresses)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(list(procs.values()), timeout_s=10)
             engine.dispose()
 
 
@@ -115,7 +96,7 @@ def _search(c: Cluster, q: np.ndarray, k: int = 10, **kwargs: object):  # type: 
     async def go():  # type: ignore[no-untyped-def]
         router = _router(c, **kwargs)
         try:
-            return await router.search(q, SearchParams(k=k), deadline_s=2.0)
+            return await router.search(q, SearchParams.defaults(k=k), deadline_s=2.0)
         finally:
             await router.close()
 
@@ -152,23 +133,24 @@ def test_newly_published_segment_and_tombstone_are_served_within_two_seconds(clu
 
 
 def test_search_survives_one_replica_of_a_shard_being_stopped(cluster: Cluster) -> None:
-    proc = cluster.procs["s0a"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
-    q = unit_vectors(4, DIM, seed=4)
-    for _ in range(3):  # every rotation of the replica order
-        result = _search(cluster, q)
-        assert not result.partial and (result.ids >= 0).all()
+    child = cluster.procs["s0a"]
+    with _restarted_afterwards(child, int(cluster.addresses["s0a"].rsplit(":", 1)[1])):
+        assert child.stop(timeout_s=10) == 0
+        q = unit_vectors(4, DIM, seed=4)
+        for _ in range(3):  # every rotation of the replica order
+            result = _search(cluster, q)
+            assert not result.partial and (result.ids >= 0).all()
 
 
 def test_search_returns_partial_when_one_shard_server_process_is_down(cluster: Cluster) -> None:
-    proc = cluster.procs["s1"]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    q = unit_vectors(4, DIM, seed=5)
-    result = _search(cluster, q, allow_partial=True)
-    assert result.partial and result.missing_shards == (1,)
-    shard0 = cluster.ids[HashPartitioner(2).shards_for(cluster.ids) == 0]
-    assert np.isin(result.ids, shard0).all()
-    with pytest.raises(Unavailable, match=r"\[1\]"):
-        _search(cluster, q)
+    child = cluster.procs["s1"]
+    with _restarted_afterwards(child, int(cluster.addresses["s1"].rsplit(":", 1)[1])):
+        child.kill()
+        assert child.wait(timeout_s=10) == -signal.SIGKILL
+        q = unit_vectors(4, DIM, seed=5)
+        result = _search(cluster, q, allow_partial=True)
+        assert result.partial and result.missing_shards == (1,)
+        shard0 = cluster.ids[HashPartitioner(2).shards_for(cluster.ids) == 0]
+        assert np.isin(result.ids, shard0).all()
+        with pytest.raises(Unavailable, match=r"\[1\]"):
+            _search(cluster, q)

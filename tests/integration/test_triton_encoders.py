@@ -86,7 +86,9 @@ def torch_images(model: Any, repository: Path, images: list[bytes]) -> np.ndarra
 
 def both(triton: LocalTriton, repository: Path, **triton_options: Any) -> Iterator[Encoder]:
     yield LocalEncoder(repository)
-    yield TritonEncoder(repository, options=TritonClientOptions(url=triton.grpc_url, **triton_options))
+    yield TritonEncoder(
+        repository, options=TritonClientOptions.defaults(url=triton.grpc_url, **triton_options)
+    )
 
 
 def run(encoder: Encoder, body: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -159,7 +161,7 @@ def test_inputs_larger_than_max_batch_size_are_split_and_keep_their_order(
         return await enc.encode_texts(texts), (await enc.encode_images(images)).raise_first()
 
     local_t, local_i = run(LocalEncoder(tiny_repository), body)
-    options = TritonClientOptions(url=triton_server.grpc_url, client_batching=False)
+    options = TritonClientOptions.defaults(url=triton_server.grpc_url, client_batching=False)
     triton_t, triton_i = run(TritonEncoder(tiny_repository, options=options), body)
     assert np.abs(local_t - triton_t).max() <= TOLERANCE
     assert np.abs(local_i - triton_i).max() <= TOLERANCE
@@ -199,7 +201,9 @@ def test_triton_encoder_raises_unavailable_naming_the_address_when_triton_is_dow
     tiny_repository: Path,
 ) -> None:
     url = f"127.0.0.1:{free_port()}"
-    encoder = TritonEncoder(tiny_repository, options=TritonClientOptions(url=url, retries=2, backoff_s=0.01))
+    encoder = TritonEncoder(
+        tiny_repository, options=TritonClientOptions.defaults(url=url, retries=2, backoff_s=0.01)
+    )
     with pytest.raises(Unavailable, match=url):
         asyncio.run(encoder.start())
 
@@ -209,7 +213,7 @@ def test_triton_encoder_raises_manifest_mismatch_when_the_served_version_differs
 ) -> None:
     served = ModelManifest.load(tiny_repository).version
     copy = _edited_copy(tiny_repository, tmp_path, lambda raw: raw.update(version="clip-000000000000"))
-    encoder = TritonEncoder(copy, options=TritonClientOptions(url=triton_server.grpc_url))
+    encoder = TritonEncoder(copy, options=TritonClientOptions.defaults(url=triton_server.grpc_url))
     with pytest.raises(ManifestMismatch, match=served) as caught:
         asyncio.run(encoder.start())
     assert "clip-000000000000" in str(caught.value) and triton_server.grpc_url in str(caught.value)
@@ -223,7 +227,7 @@ def test_triton_encoder_raises_manifest_mismatch_when_the_served_tensors_differ(
 
     encoder = TritonEncoder(
         _edited_copy(tiny_repository, tmp_path, widen),
-        options=TritonClientOptions(url=triton_server.grpc_url),
+        options=TritonClientOptions.defaults(url=triton_server.grpc_url),
     )
     with pytest.raises(ManifestMismatch, match=r"embedding:FP32\[16\]"):
         asyncio.run(encoder.start())
@@ -233,7 +237,7 @@ def test_triton_encoder_raises_unavailable_naming_the_model_when_it_is_not_loade
     triton_server: LocalTriton, tiny_repository: Path, tmp_path: Path
 ) -> None:
     copy = _edited_copy(tiny_repository, tmp_path, lambda raw: raw["text"].update(model="other_text"))
-    encoder = TritonEncoder(copy, options=TritonClientOptions(url=triton_server.grpc_url))
+    encoder = TritonEncoder(copy, options=TritonClientOptions.defaults(url=triton_server.grpc_url))
     with pytest.raises(Unavailable, match="other_text"):
         asyncio.run(encoder.start())
 
@@ -242,7 +246,7 @@ def test_triton_encoder_raises_unavailable_naming_the_model_when_it_is_not_loade
 def test_triton_encoder_raises_deadline_exceeded_when_the_deadline_is_too_short(
     triton_server: LocalTriton, tiny_repository: Path, client_batching: bool
 ) -> None:
-    options = TritonClientOptions(url=triton_server.grpc_url, client_batching=client_batching)
+    options = TritonClientOptions.defaults(url=triton_server.grpc_url, client_batching=client_batching)
 
     async def body() -> None:
         async with TritonEncoder(tiny_repository, options=options) as enc:

@@ -7,14 +7,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mediasearch.dev.processes import Child, free_port, mediasearch_command
 from mediasearch.dev.triton import SHM_DIR, LocalTriton, TritonOptions
 from mediasearch.errors import ModelError
 from mediasearch.model_manifest import ModelManifest
@@ -92,29 +91,18 @@ def test_triton_start_fails_naming_the_model_when_one_cannot_load(
 
 
 def test_cli_triton_prints_its_addresses_and_stops_cleanly_on_sigterm(tiny_repository: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        grpc_port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mediasearch.cli", "triton", "--repository", str(tiny_repository)]
-    cmd += ["--grpc-port", str(grpc_port), "--http-port", "0", "--metrics-port", "0", "--ort-threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    grpc_port = free_port()
+    argv = mediasearch_command(
+        "triton", "--repository", str(tiny_repository), "--grpc-port", str(grpc_port),
+        "--http-port", "0", "--metrics-port", "0", "--ort-threads", "1",
+    )  # fmt: skip
+    child = Child("triton", argv).start()
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.stdout is not None:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops it" in line:
-                break
-        out = "".join(lines)
-        assert f"grpc     127.0.0.1:{grpc_port}" in out, out + (proc.stderr.read() if proc.stderr else "")
+        out = "".join(child.read_until("Ctrl-C stops it"))
+        assert f"grpc     127.0.0.1:{grpc_port}" in out, out
         server_pid = int(out.split("(pid ")[1].split(")")[0])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert child.stop(timeout_s=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        child.stop()
     assert _gone(server_pid)
     assert _port_is_free(grpc_port)

@@ -7,14 +7,14 @@ import math
 import faiss
 import numpy as np
 import pytest
-from index_support import brute_force, clustered, recall, unit_vectors
 
 from mediasearch.errors import ConfigError, InvalidInput
 from mediasearch.vector_index.builder import BuildConfig, build_index, choose_spec, nlist_for
+from tests.support.index import brute_force, clustered, recall, unit_vectors
 
 
 def test_choose_spec_is_flat_below_threshold_and_ivf_hnsw_above() -> None:
-    config = BuildConfig(flat_max=1000)
+    config = BuildConfig.defaults(flat_max=1000)
     assert choose_spec(999, config).factory == "IDMap,Flat"
     spec = choose_spec(1_000_000, config)
     assert spec.kind == "ivf" and spec.factory == f"IVF{spec.nlist}_HNSW32,Flat"
@@ -28,14 +28,14 @@ def test_nlist_stays_within_4_to_16_sqrt_n_for_default_factor(n: int) -> None:
 
 
 def test_nlist_is_capped_so_every_list_gets_enough_training_vectors() -> None:
-    spec = choose_spec(5000, BuildConfig(flat_max=100, nlist_factor=16, train_per_list=64))
+    spec = choose_spec(5000, BuildConfig.defaults(flat_max=100, nlist_factor=16, train_per_list=64))
     assert spec.nlist * 64 <= 5000
 
 
 def test_flat_segment_search_matches_brute_force_exactly() -> None:
     x, q = unit_vectors(2000, seed=1), unit_vectors(20, seed=2)
     ids = np.arange(2000, dtype=np.int64) * 7 + 3
-    index, spec = build_index(x, ids, BuildConfig())
+    index, spec = build_index(x, ids, BuildConfig.defaults())
     assert spec.kind == "flat"
     scores, found = index.search(q, 10)
     truth_scores, truth = brute_force(x, ids, q, 10)
@@ -46,7 +46,7 @@ def test_flat_segment_search_matches_brute_force_exactly() -> None:
 def test_ivf_segment_is_exact_when_every_list_is_probed() -> None:
     x, q = clustered(6000, seed=3), clustered(30, seed=4)
     ids = np.arange(6000, dtype=np.int64)
-    index, spec = build_index(x, ids, BuildConfig(flat_max=1000))
+    index, spec = build_index(x, ids, BuildConfig.defaults(flat_max=1000))
     ivf = faiss.extract_index_ivf(index)
     assert spec.kind == "ivf" and ivf.nlist == spec.nlist and index.ntotal == 6000
     params = faiss.SearchParametersIVF(nprobe=ivf.nlist)
@@ -56,7 +56,7 @@ def test_ivf_segment_is_exact_when_every_list_is_probed() -> None:
 
 def test_sq8_encoding_builds_a_scalar_quantised_ivf() -> None:
     x = clustered(4000, seed=5)
-    index, spec = build_index(x, np.arange(4000), BuildConfig(flat_max=1000, encoding="SQ8"))
+    index, spec = build_index(x, np.arange(4000), BuildConfig.defaults(flat_max=1000, encoding="SQ8"))
     assert spec.factory.endswith(",SQ8")
     assert isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer)
 
@@ -64,11 +64,11 @@ def test_sq8_encoding_builds_a_scalar_quantised_ivf() -> None:
 def test_builder_refuses_unnormalised_vectors_and_duplicate_ids() -> None:
     x = unit_vectors(10)
     with pytest.raises(InvalidInput, match="normalised"):
-        build_index(x * 2, np.arange(10), BuildConfig())
+        build_index(x * 2, np.arange(10), BuildConfig.defaults())
     with pytest.raises(InvalidInput, match="unique"):
-        build_index(x, np.zeros(10, dtype=np.int64), BuildConfig())
+        build_index(x, np.zeros(10, dtype=np.int64), BuildConfig.defaults())
 
 
 def test_unknown_encoding_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
-        BuildConfig(encoding="LSH")
+        BuildConfig.defaults(encoding="LSH")

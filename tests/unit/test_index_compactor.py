@@ -7,7 +7,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from index_support import add_segment, brute_force, clustered, recall, sqlite_sessions
 
 from mediasearch.errors import Conflict
 from mediasearch.metadata.segment_manifest import add_tombstones, load_shard_manifest, publish
@@ -17,8 +16,9 @@ from mediasearch.vector_index.segment import open_index
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import LocalFolderStore
 from mediasearch.vector_index.writer import stage_segment
+from tests.support.index import add_segment, brute_force, clustered, recall, sqlite_sessions
 
-CONFIG = BuildConfig(flat_max=2000)
+CONFIG = BuildConfig.defaults(flat_max=2000)
 
 
 def test_compaction_merges_small_segments_into_one_ivf_and_drops_tombstoned_vectors(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_compaction_merges_small_segments_into_one_ivf_and_drops_tombstoned_vect
     assert sorted(e.segment_id for e in store.list()) == [result.new_segment]  # inputs collected
     shard = Shard(0, store)
     shard.apply(manifest)
-    _, found = shard.search(q, SearchParams(k=10, nprobe=64, ef_search=128))
+    _, found = shard.search(q, SearchParams.defaults(k=10, nprobe=64, ef_search=128))
     assert not np.isin(found, deleted).any()
     assert recall(found, brute_force(x, ids, q, 10, excluded=deleted)[1]) >= 0.99
     assert faiss.extract_index_ivf(open_index(shard.view.segments[0].folder)).nlist >= 8

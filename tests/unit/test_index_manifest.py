@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import MODEL, sqlite_sessions
 from sqlalchemy import select
 
 from mediasearch.errors import Conflict
@@ -19,6 +18,7 @@ from mediasearch.metadata.segment_manifest import (
     publish,
     publish_in,
 )
+from tests.support.index import MODEL, sqlite_sessions
 
 
 def _rec(sid: str, shard: int = 0, count: int = 10) -> SegmentRecord:
@@ -71,8 +71,22 @@ def test_manifest_reuses_tombstones_when_unchanged(tmp_path: Path) -> None:
     assert again.tombstones is first.tombstones
 
 
-def test_migrate_runs_again_without_error(tmp_path: Path) -> None:
+def test_migrate_again_on_a_database_at_head_keeps_its_rows_and_revision(tmp_path: Path) -> None:
+    """Every service migrates on start: a second run must be a no-op, not a failure or a reset."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from mediasearch.metadata.db import MIGRATIONS, session_factory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate(engine)
+    publish(session_factory(engine), add=[_rec("kept")])
     migrate(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [head]
+    with session_factory(engine)() as s:
+        assert [r.id for r in s.scalars(select(SegmentRow))] == ["kept"]
     engine.dispose()

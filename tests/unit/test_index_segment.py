@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import MODEL, unit_vectors
 
 from mediasearch.errors import CorruptData, InvalidInput, NotFound
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.segment import INDEX_FILE, load_vectors, open_index, read_meta, write_segment
 from mediasearch.vector_index.store import LocalFolderStore, MemoryStore, open_store
+from tests.support.index import MODEL, unit_vectors
 
 
 def _segment(folder: Path, n: int = 500, shard: int = 2) -> tuple[np.ndarray, np.ndarray]:
     x, ids = unit_vectors(n, seed=n), np.arange(n, dtype=np.int64) + 100
-    write_segment(folder, x, ids, shard=shard, model_version=MODEL, config=BuildConfig())
+    write_segment(folder, x, ids, shard=shard, model_version=MODEL, config=BuildConfig.defaults())
     return x, ids
 
 
@@ -38,7 +38,12 @@ def test_segment_round_trip_through_local_store_keeps_ids_vectors_and_model_vers
 def test_opened_index_is_memory_mapped_from_the_segment_file(tmp_path: Path, flat_max: int) -> None:
     x = unit_vectors(3000)
     write_segment(
-        tmp_path, x, np.arange(3000), shard=0, model_version=MODEL, config=BuildConfig(flat_max=flat_max)
+        tmp_path,
+        x,
+        np.arange(3000),
+        shard=0,
+        model_version=MODEL,
+        config=BuildConfig.defaults(flat_max=flat_max),
     )
     index = open_index(tmp_path, mmap_ivf=True)
     maps = Path("/proc/self/maps").read_text()
@@ -80,7 +85,7 @@ def test_local_store_leaves_no_staging_folder_after_put(tmp_path: Path) -> None:
 def test_write_segment_refuses_a_missing_model_version(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="model version"):
         write_segment(
-            tmp_path, unit_vectors(5), np.arange(5), shard=0, model_version="", config=BuildConfig()
+            tmp_path, unit_vectors(5), np.arange(5), shard=0, model_version="", config=BuildConfig.defaults()
         )
 
 

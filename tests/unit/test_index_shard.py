@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_support import MODEL, brute_force, clustered, recall, unit_vectors
 
 from mediasearch.errors import CorruptData, ManifestMismatch
 from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
@@ -17,6 +16,7 @@ from mediasearch.vector_index.merge import merge_topk
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import MemoryStore
 from mediasearch.vector_index.writer import stage_segment
+from tests.support.index import MODEL, brute_force, clustered, recall, unit_vectors
 
 
 def _manifest(
@@ -27,7 +27,7 @@ def _manifest(
 
 
 def _stage(store: MemoryStore, x: np.ndarray, ids: np.ndarray, **kwargs: object) -> SegmentRecord:
-    config = kwargs.pop("config", BuildConfig())
+    config = kwargs.pop("config", BuildConfig.defaults())
     version = str(kwargs.pop("model_version", MODEL))
     return stage_segment(store, x, ids, shard=0, model_version=version, config=config)  # type: ignore[arg-type]
 
@@ -39,7 +39,7 @@ def test_shard_search_over_several_segments_matches_brute_force(tmp_path: Path) 
     records = [_stage(store, x[i : i + 1000], ids[i : i + 1000]) for i in (0, 1000, 2000)]
     shard = Shard(0, store)
     shard.apply(_manifest(records))
-    scores, found = shard.search(q, SearchParams(k=10))
+    scores, found = shard.search(q, SearchParams.defaults(k=10))
     truth_scores, truth = brute_force(x, ids, q, 10)
     np.testing.assert_array_equal(found, truth)
     np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
@@ -50,12 +50,12 @@ def test_deleted_ids_never_come_back(tmp_path: Path, flat_max: int) -> None:
     store = MemoryStore(tmp_path)
     x = clustered(4000, seed=3)
     ids = np.arange(4000, dtype=np.int64)
-    record = _stage(store, x, ids, config=BuildConfig(flat_max=flat_max))
+    record = _stage(store, x, ids, config=BuildConfig.defaults(flat_max=flat_max))
     deleted = ids[::3]
     shard = Shard(0, store)
     shard.apply(_manifest([record], list(deleted), mark=1))
     _, found = shard.search(
-        x[deleted[:200]], SearchParams(k=20, nprobe=64, ef_search=128)
+        x[deleted[:200]], SearchParams.defaults(k=20, nprobe=64, ef_search=128)
     )  # the deleted ones
     assert not np.isin(found, deleted).any()
     assert (found >= 0).all()
@@ -77,7 +77,7 @@ def test_segment_swaps_under_concurrent_query_load_give_zero_errors(tmp_path: Pa
         q = unit_vectors(4, seed=threading.get_ident() % 1000)
         while not stop.is_set():
             try:
-                _, found = shard.search(q, SearchParams(k=5))
+                _, found = shard.search(q, SearchParams.defaults(k=5))
                 assert (found >= 0).all()
                 searches[0] += 1
             except BaseException as exc:  # the test counts every kind of failure
@@ -107,7 +107,7 @@ def test_apply_keeps_the_complete_old_view_when_a_new_segment_cannot_load(tmp_pa
         shard.apply(_manifest([broken]))
     assert shard.stats().segments == (good.segment_id,)
     store._files[good.segment_id]["ids.npy"] = b"corrupt"
-    assert shard.search(x[:1], SearchParams(k=1))[1][0, 0] == 0  # still served from its local copy
+    assert shard.search(x[:1], SearchParams.defaults(k=1))[1][0, 0] == 0  # still served from its local copy
     shard.close()  # last holder gone: the local copy is deleted
     with pytest.raises(CorruptData):
         Shard(0, store).apply(_manifest([good]))  # so this is a fresh download, and it is verified
@@ -134,7 +134,7 @@ def test_shard_only_serves_segments_of_its_model_version(tmp_path: Path) -> None
     shard.apply(_manifest([old, new]))
     assert shard.stats().segments == (new.segment_id,)
     with pytest.raises(ManifestMismatch):
-        shard.search(unit_vectors(1), SearchParams(), model_version="other")
+        shard.search(unit_vectors(1), SearchParams.defaults(), model_version="other")
 
 
 def test_merge_breaks_score_ties_by_ascending_id() -> None:
@@ -145,13 +145,18 @@ def test_merge_breaks_score_ties_by_ascending_id() -> None:
     assert s[0, :3].tolist() == pytest.approx([0.9, 0.9, 0.5]) and s[0, 3] == -np.inf
 
 
-def test_ivf_shard_recall_rises_with_nprobe(tmp_path: Path) -> None:
+def test_ivf_shard_recall_rises_with_nprobe_and_is_exact_when_every_list_is_probed(tmp_path: Path) -> None:
     store = MemoryStore(tmp_path)
     x, q = clustered(8000, seed=5), clustered(50, seed=6)
     ids = np.arange(8000, dtype=np.int64)
     shard = Shard(0, store)
-    shard.apply(_manifest([_stage(store, x, ids, config=BuildConfig(flat_max=1000))]))
+    shard.apply(_manifest([_stage(store, x, ids, config=BuildConfig.defaults(flat_max=1000))]))
+    nlist = shard.view.segments[0].ivf.nlist
+    assert nlist == 64  # 8000 vectors: 4 * sqrt(8000) = 358, capped by 64 training vectors a list
     truth = brute_force(x, ids, q, 10)[1]
-    low = recall(shard.search(q, SearchParams(k=10, nprobe=1))[1], truth)
-    high = recall(shard.search(q, SearchParams(k=10, nprobe=64, ef_search=128))[1], truth)
-    assert high >= 0.99 and high >= low
+    found = [
+        recall(shard.search(q, SearchParams.defaults(k=10, nprobe=nprobe, ef_search=128))[1], truth)
+        for nprobe in (1, 4, 16, nlist)
+    ]
+    assert found == sorted(found) and len(set(found)) == len(found), found  # each step finds more
+    assert found[0] < 0.5 and found[-1] == 1.0, found  # one list of 64 misses most; all of them, none

@@ -13,7 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from indexer_support import (
+
+from mediasearch.encoders import LocalEncoder
+from mediasearch.indexer.commit import Committer
+from mediasearch.indexer.events import ObjectEvent
+from mediasearch.indexer.folder import index_folder
+from mediasearch.indexer.items import Item
+from mediasearch.indexer.progress import ProgressBar
+from mediasearch.indexer.service import run_pipeline
+from mediasearch.indexer.source import Delivery, MemorySource
+from mediasearch.metadata.images_repo import NewImage, reserve
+from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED
+from mediasearch.objects import FolderObjects
+from mediasearch.settings import Settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import HashPartitioner
+from tests.support.indexer import (
     bad_inputs,
     indexer_settings,
     rows,
@@ -23,21 +38,6 @@ from indexer_support import (
     sessions_for,
     store_of,
 )
-
-from mediasearch.encoders import LocalEncoder
-from mediasearch.indexer.commit import Committer
-from mediasearch.indexer.events import ObjectEvent
-from mediasearch.indexer.fetch import FileFetcher
-from mediasearch.indexer.folder import index_folder
-from mediasearch.indexer.items import Item
-from mediasearch.indexer.progress import ProgressBar
-from mediasearch.indexer.service import run_pipeline
-from mediasearch.indexer.source import Delivery, MemorySource
-from mediasearch.metadata.images_repo import NewImage, reserve
-from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED
-from mediasearch.settings import Settings
-from mediasearch.vector_index.builder import BuildConfig
-from mediasearch.vector_index.partition import HashPartitioner
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def run_events(
     settings: Settings, folder: Path, batches: list[list[ObjectEvent]], **kw: object
 ) -> MemorySource:
     source = MemorySource(batches, **kw)  # type: ignore[arg-type]
-    asyncio.run(run_pipeline(settings, source, FileFetcher(folder, max_bytes=settings.max_image_bytes)))
+    asyncio.run(run_pipeline(settings, source, FolderObjects(folder, max_bytes=settings.max_image_bytes)))
     return source
 
 
@@ -200,7 +200,7 @@ def test_a_removal_event_handled_after_the_key_was_written_again_keeps_the_new_v
 def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from mediasearch.indexer.fetch import content_etag
+    from mediasearch.objects import content_etag
 
     data = scene_bytes(5)
     write(tmp_path / "f", {"a.jpg": data})
@@ -216,18 +216,20 @@ def test_a_row_reserved_by_a_run_that_died_is_resumed_under_the_same_id(
 def test_an_indexer_that_loses_the_race_for_a_row_drops_its_copy_instead_of_serving_it_twice(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from mediasearch.indexer.fetch import Fetched
+    from mediasearch.objects import StoredObject
 
     sessions = sessions_for(settings.database_url)
     store = store_of(settings)
 
     def item() -> Item:
         ev = ObjectEvent("created", "photos", "x.jpg", "e1")
-        it = Item(Delivery([ev]), ev, fetched=Fetched("e1", 10, "image/jpeg", ev.time or _now()))
+        it = Item(Delivery([ev]), ev, fetched=StoredObject("e1", 10, "image/jpeg", ev.time or _now()))
         it.vector, it.width, it.height = np.eye(1, 32, dtype=np.float32)[0], 1, 1
         return it
 
-    first, second = (Committer(sessions, store, HashPartitioner(2), BuildConfig(), "v") for _ in range(2))
+    first, second = (
+        Committer(sessions, store, HashPartitioner(2), BuildConfig.defaults(), "v") for _ in range(2)
+    )
     mine, theirs = item(), item()
     reserved = second.reserve([theirs])  # two indexers got the message and reserved the same row
     assert [it.image_id for it in reserved] == [theirs.image_id]
@@ -276,7 +278,7 @@ def test_metrics_count_outcomes_and_time_every_stage(settings: Settings, tmp_pat
     port = metrics.serve("127.0.0.1", 0)
     try:
         source = MemorySource([events])
-        fetcher = FileFetcher(tmp_path / "f", max_bytes=settings.max_image_bytes)
+        fetcher = FolderObjects(tmp_path / "f", max_bytes=settings.max_image_bytes)
         asyncio.run(run_pipeline(settings, source, fetcher, metrics=metrics))
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:

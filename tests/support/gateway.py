@@ -1,16 +1,11 @@
 """Helpers of the gateway tests: publish image rows and their vectors the way the indexer does
-(rows and segments in one transaction), an exported micro model, gateway processes."""
+(rows and segments in one transaction)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,42 +64,8 @@ def publish_images(
                         ids[mine],
                         shard=shard,
                         model_version=model_version,
-                        config=BuildConfig(),
+                        config=BuildConfig.defaults(),
                     )
                 )
         publish_in(session, add=records)
     return ids
-
-
-def start_process(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "mediasearch.cli", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def wait_port_file(
-    proc: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float = 60
-) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while not port_file.exists() or not port_file.read_text().strip():
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"no port file after {timeout}s: {log_path.read_text()[-3000:]}"
-        time.sleep(0.05)
-    return [int(p) for p in port_file.read_text().split()]
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise

@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
 from mediasearch.export.micro.scenes.render import render_scene
 from mediasearch.metadata.db import make_engine, migrate, session_factory
@@ -124,61 +125,21 @@ def search_ids(
         shard = Shard(shard_id, store)
         with sessions() as s:
             shard.apply(load_shard_manifest(s, shard_id))
-        scores, ids = shard.search(vector.reshape(1, -1).astype(np.float32), SearchParams(k=k))
+        scores, ids = shard.search(vector.reshape(1, -1).astype(np.float32), SearchParams.defaults(k=k))
         hits.extend((float(sc), int(i)) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0)
         shard.close()
     return [i for _, i in sorted(hits, key=lambda h: (-h[0], h[1]))[:k]]
 
 
-# -- moto (S3 + SQS on a real loopback HTTP endpoint) -----------------------------------------
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-class Bucket:
-    """A bucket whose ObjectCreated/ObjectRemoved notifications go to an SQS queue (plus a DLQ)."""
-
-    def __init__(self, endpoint: str, name: str) -> None:
-        import boto3
-
-        self.endpoint, self.name = endpoint, name
-        self.s3 = boto3.client("s3", endpoint_url=endpoint)
-        self.sqs = boto3.client("sqs", endpoint_url=endpoint)
-        self.s3.create_bucket(Bucket=name)
-        self.queue_url = self.sqs.create_queue(QueueName=f"{name}-events")["QueueUrl"]
-        self.dlq_url = self.sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        self.s3.create_bucket(Bucket=f"{name}-segments")
-
-    def notify(self) -> None:
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
-        self.s3.put_bucket_notification_configuration(
-            Bucket=self.name,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {
-                        "QueueArn": arn["Attributes"]["QueueArn"],
-                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
-                    }
-                ]
-            },
-        )
-
-    def put(self, key: str, data: bytes) -> str:
-        return str(self.s3.put_object(Bucket=self.name, Key=key, Body=data)["ETag"]).strip('"')
-
-    def messages(self, url: str) -> int:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-    def settings_overrides(self) -> dict[str, object]:
-        return {
-            "s3_endpoint_url": self.endpoint,
-            "segment_store_url": f"s3://{self.name}-segments/index",
-            "indexer_queue_url": self.queue_url,
-            "indexer_dlq_url": self.dlq_url,
-            "indexer_wait_time_s": 1,
-            "indexer_visibility_timeout_s": 5,
-            "indexer_retry_delay_s": 0,
-        }
+def bucket_settings(bucket: NotifyingBucket) -> dict[str, object]:
+    """Settings of an indexer consuming ``bucket``'s events, segments in ``<bucket>-segments``
+    (create the bucket with ``also=(f"{name}-segments",)``), with short SQS timings for tests."""
+    return {
+        "s3_endpoint_url": bucket.endpoint,
+        "segment_store_url": f"s3://{bucket.name}-segments/index",
+        "indexer_queue_url": bucket.queue_url,
+        "indexer_dlq_url": bucket.dlq_url,
+        "indexer_wait_time_s": 1,
+        "indexer_visibility_timeout_s": 5,
+        "indexer_retry_delay_s": 0,
+    }

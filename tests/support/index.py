@@ -1,14 +1,11 @@
-"""Helpers shared by the index tests: data, brute force, databases, segment publishing."""
+"""Helpers shared by the index tests: data, brute force, a SQLite manifest, segment publishing."""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.metadata.db import make_engine, migrate, session_factory
@@ -17,7 +14,6 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.store import SegmentStore
 from mediasearch.vector_index.writer import stage_segment
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MODEL = "test-model-v1"
 
 
@@ -55,53 +51,6 @@ def sqlite_sessions(folder: Path) -> sessionmaker[Session]:
     return session_factory(engine)
 
 
-@contextlib.contextmanager
-def migrated_engine(backend: str, folder: Path) -> Iterator[Engine]:
-    """A migrated engine on ``backend`` ("sqlite": a file in ``folder``; "postgresql": a throwaway
-    database, the test skipped when PostgreSQL is not reachable); disposed afterwards."""
-    import pytest
-
-    if backend == "sqlite":
-        engine = make_engine(f"sqlite:///{folder / 'meta.db'}")
-        migrate(engine)
-        yield engine
-        engine.dispose()
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (.ci/run starts it)")
-    with postgres_database() as url:
-        engine = make_engine(url)
-        migrate(engine)
-        yield engine
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database (created and dropped here); yields its URL."""
-    name = f"mediasearch_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def postgres_available() -> bool:
-    try:
-        engine = make_engine(PG_ADMIN_URL)
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
 def add_segment(
     sessions: sessionmaker[Session],
     store: SegmentStore,
@@ -114,7 +63,7 @@ def add_segment(
 ) -> SegmentRecord:
     """Stage and publish one segment (what the indexer does per batch)."""
     record = stage_segment(
-        store, vectors, ids, shard=shard, model_version=model_version, config=config or BuildConfig()
+        store, vectors, ids, shard=shard, model_version=model_version, config=config or BuildConfig.defaults()
     )
     publish(sessions, add=[record])
     return record

@@ -1,0 +1,96 @@
+"""The compactor service: ``mediasearch compact``, one round or a round every N seconds.
+
+A deployment runs it beside the indexer (``--every``): the indexer writes one small segment per
+shard and batch, and the compactor merges them by size tier and drops deleted vectors
+(:class:`~mediasearch.vector_index.compactor.Compactor` does the work; it is safe to kill at any
+point). SIGTERM or SIGINT stops it between rounds; a round that fails (the database or the store
+unreachable) is logged and the next one tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mediasearch.errors import MediaSearchError
+from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.settings import Settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.compactor import CompactionResult, Compactor
+from mediasearch.vector_index.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def open_compactor(settings: Settings) -> Iterator[Compactor]:
+    """A compactor over the database and segment store of ``settings`` (migrated first)."""
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        store = open_store(
+            settings.segment_store_url,
+            cache_dir=Path(settings.segment_cache_dir) / "compactor",
+            endpoint_url=settings.s3_endpoint_url,
+        )
+        yield Compactor(
+            session_factory(engine),
+            store,
+            BuildConfig.from_settings(settings),
+            min_segments=settings.compact_min_segments,
+            gc_grace_s=settings.gc_grace_s,
+        )
+    finally:
+        engine.dispose()
+
+
+def describe(result: CompactionResult) -> str:
+    """One line for operators: what a round did to a shard."""
+    return (
+        f"shard {result.shard}: merged {len(result.merged)} segments -> {result.new_segment or '-'} "
+        f"({result.vectors} vectors, {result.dropped} deleted dropped, "
+        f"{len(result.garbage)} files collected)"
+    )
+
+
+def compact(
+    settings: Settings, shards: Sequence[int] | None = None, *, force: bool = False
+) -> list[CompactionResult]:
+    """One round over ``shards`` (default: all of ``MEDIASEARCH_NUM_SHARDS``)."""
+    with open_compactor(settings) as compactor:
+        return [compactor.compact(s, force=force) for s in shards or range(settings.num_shards)]
+
+
+def keep_compacting(
+    settings: Settings,
+    shards: Sequence[int] | None,
+    every_s: float,
+    *,
+    force: bool = False,
+    stop: threading.Event | None = None,
+) -> None:
+    """A round every ``every_s`` seconds until ``stop`` is set or SIGTERM/SIGINT arrives (when
+    called from the main thread). Stopping between rounds or killing mid-compaction is equally safe."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    targets = list(shards or range(settings.num_shards))
+    log.info("compacting shards %s every %gs; Ctrl-C stops", targets, every_s)
+    with open_compactor(settings) as compactor:
+        while not stop.is_set():
+            for shard in targets:
+                if stop.is_set():
+                    break
+                try:
+                    result = compactor.compact(shard, force=force)
+                except MediaSearchError as exc:
+                    log.warning("compacting shard %d failed, retrying next round: %s", shard, exc)
+                    continue
+                if result.merged or result.garbage:
+                    log.info("%s", describe(result))
+            stop.wait(every_s)
