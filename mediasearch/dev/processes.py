@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from mediasearch.errors import Unavailable
 
@@ -153,20 +154,16 @@ class Child:
             return self
         if self.proc is not None:
             self.restarts += 1
-        env = {**os.environ, **self.env}
-        preexec = _die_with_parent if self.die_with_parent else None
-        if self.log_path is None:
+        with contextlib.ExitStack() as stack:
+            out: Any = subprocess.PIPE
+            if self.log_path is not None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(self.log_path.open("a"))
             self.proc = subprocess.Popen(
-                self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, text=True, start_new_session=True, preexec_fn=preexec,
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, text=True, start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )  # fmt: skip
-        else:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a") as out:
-                self.proc = subprocess.Popen(
-                    self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, text=True, start_new_session=True, preexec_fn=preexec,
-                )  # fmt: skip
         self.started_at = time.monotonic()
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
         return self
