@@ -35,7 +35,7 @@ from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import ManifestFollower
 from mediasearch.vector_index.router import Router, make_router
 from mediasearch.vector_index.shard import Shard
-from mediasearch.vector_index.store import open_store
+from mediasearch.vector_index.store import store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,7 @@ async def start_gateway(
     followers: list[ManifestFollower] = []
     shards: list[Shard] = []
     if not settings.shard_addresses:
-        store = open_store(
-            settings.segment_store_url,
-            cache_dir=settings.segment_cache_dir,
-            endpoint_url=settings.s3_endpoint_url,
-        )
+        store = store_from_settings(settings)
         for s in range(settings.num_shards):
             shard = Shard(s, store, mmap_ivf=settings.index_mmap_ivf)
             follower = ManifestFollower(shard, sessions, interval=settings.shard_poll_interval_s)

@@ -32,7 +32,7 @@ from mediasearch.rpc import ErrorInterceptor
 from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import ManifestFollower
 from mediasearch.vector_index.shard import SearchParams, Shard
-from mediasearch.vector_index.store import open_store
+from mediasearch.vector_index.store import store_from_settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "mediasearch.v1.ShardService"
@@ -159,11 +159,7 @@ def serve_shard(
     PostgreSQL, unless ``listen`` is off), and writes the bound port to ``port_file`` once serving."""
     engine = make_engine(settings.database_url)
     migrate(engine)
-    store = open_store(
-        settings.segment_store_url,
-        cache_dir=Path(settings.segment_cache_dir) / f"shard-{shard_id}",
-        endpoint_url=settings.s3_endpoint_url,
-    )
+    store = store_from_settings(settings, f"shard-{shard_id}")
     shard = Shard(shard_id, store, model_version=model_version, mmap_ivf=settings.index_mmap_ivf)
     follower = ManifestFollower(
         shard, session_factory(engine), interval=settings.shard_poll_interval_s, listen=listen

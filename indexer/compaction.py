@@ -14,14 +14,13 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from mediasearch.errors import MediaSearchError
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import CompactionResult, Compactor
-from mediasearch.vector_index.store import open_store
+from mediasearch.vector_index.store import store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,7 @@ def open_compactor(settings: Settings) -> Iterator[Compactor]:
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
-        store = open_store(
-            settings.segment_store_url,
-            cache_dir=Path(settings.segment_cache_dir) / "compactor",
-            endpoint_url=settings.s3_endpoint_url,
-        )
+        store = store_from_settings(settings, "compactor")
         yield Compactor(
             session_factory(engine),
             store,

@@ -8,7 +8,6 @@ built here from the same settings.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from mediasearch import aws
@@ -24,7 +23,7 @@ from mediasearch.objects import ObjectReader
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import make_partitioner
-from mediasearch.vector_index.store import open_store
+from mediasearch.vector_index.store import store_from_settings
 
 
 def s3_client(settings: Settings) -> Any:
@@ -55,11 +54,7 @@ async def run_pipeline(
     own_encoder = encoder is None
     try:
         migrate(engine)
-        store = open_store(
-            settings.segment_store_url,
-            cache_dir=Path(settings.segment_cache_dir) / "indexer",
-            endpoint_url=settings.s3_endpoint_url,
-        )
+        store = store_from_settings(settings, "indexer")
         if encoder is None:
             encoder = create_encoder(settings)
             await encoder.start()

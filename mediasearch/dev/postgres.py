@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mediasearch.metadata.db import make_engine, migrate, normalise_url, translated
@@ -33,21 +33,24 @@ def available(admin_url: str = ADMIN_URL) -> bool:
         engine.dispose()
 
 
-def _admin(url: str) -> tuple[Engine, str]:
-    """An autocommit engine on the server's ``postgres`` database, and the database ``url`` names."""
+def _on_server(url: str, what: str, statement: str) -> bool:
+    """Run ``statement`` (``{name}``: the database ``url`` names) on the server's ``postgres``
+    database, outside a transaction; whether it returned a row."""
     target = make_url(normalise_url(url))
-    admin = target.set(database="postgres").render_as_string(hide_password=False)
-    return make_engine(admin, isolation_level="AUTOCOMMIT"), str(target.database)
+    name = str(target.database)
+    admin = make_engine(
+        target.set(database="postgres").render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with translated(f"{what} database {name}"), admin.connect() as conn:
+            result = conn.execute(text(statement.format(name=name)), {"name": name})
+            return result.returns_rows and result.first() is not None
+    finally:
+        admin.dispose()
 
 
 def database_exists(url: str) -> bool:
-    admin, name = _admin(url)
-    try:
-        with translated(f"looking for database {name}"), admin.connect() as conn:
-            found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-            return found.first() is not None
-    finally:
-        admin.dispose()
+    return _on_server(url, "looking for", "SELECT 1 FROM pg_database WHERE datname = :name")
 
 
 def create_database(url: str, *, replace: bool = False) -> None:
@@ -56,22 +59,12 @@ def create_database(url: str, *, replace: bool = False) -> None:
         drop_database(url)
     elif database_exists(url):
         return
-    admin, name = _admin(url)
-    try:
-        with translated(f"creating database {name}"), admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
+    _on_server(url, "creating", 'CREATE DATABASE "{name}"')
 
 
 def drop_database(url: str) -> None:
     """Drop it, disconnecting whoever is still connected."""
-    admin, name = _admin(url)
-    try:
-        with translated(f"dropping database {name}"), admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    _on_server(url, "dropping", 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def prepare_database(url: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mediasearch.errors import ConfigError, NotFound
+from mediasearch.settings import Settings
 from mediasearch.vector_index.segment import DATA_FILES, META_FILE, SegmentMeta, read_meta, verify
 
 
@@ -201,3 +202,13 @@ def open_store(url: str, *, cache_dir: Path, endpoint_url: str | None = None) ->
     if parsed.scheme == "memory":
         return MemoryStore(cache_dir)
     raise ConfigError(f"segment store URL {url!r}: use file://<folder> or s3://<bucket>/<prefix>")
+
+
+def store_from_settings(settings: Settings, cache: str = "") -> SegmentStore:
+    """``MEDIASEARCH_SEGMENT_STORE_URL``'s store; remote segments are cached under
+    ``MEDIASEARCH_SEGMENT_CACHE_DIR/<cache>`` (one folder per user of a node's disk)."""
+    return open_store(
+        settings.segment_store_url,
+        cache_dir=Path(settings.segment_cache_dir) / cache,
+        endpoint_url=settings.s3_endpoint_url,
+    )

@@ -21,7 +21,7 @@ from mediasearch.errors import Unavailable
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.segment_manifest import add_tombstones
 from mediasearch.vector_index.partition import HashPartitioner
-from mediasearch.vector_index.router import GrpcRouter
+from mediasearch.vector_index.router import GrpcRouter, ShardStatus
 from mediasearch.vector_index.shard import SearchParams
 from mediasearch.vector_index.store import LocalFolderStore
 from tests.support.index import add_segment, brute_force, unit_vectors
@@ -103,6 +103,14 @@ def _search(c: Cluster, q: np.ndarray, k: int = 10, **kwargs: object):  # type: 
     return asyncio.run(go())
 
 
+async def _stats(c: Cluster) -> list[ShardStatus]:
+    router = _router(c)
+    try:
+        return await router.stats()
+    finally:
+        await router.close()
+
+
 def test_router_over_shard_servers_returns_the_global_brute_force_top_k(cluster: Cluster) -> None:
     q = unit_vectors(8, DIM, seed=2)
     result = _search(cluster, q)
@@ -154,3 +162,6 @@ def test_search_returns_partial_when_one_shard_server_process_is_down(cluster: C
         assert np.isin(result.ids, shard0).all()
         with pytest.raises(Unavailable, match=r"\[1\]"):
             _search(cluster, q)
+        stats = asyncio.run(_stats(cluster))
+        assert [(s.shard, s.available) for s in stats] == [(0, True), (1, False)]
+        assert stats[0].vectors == len(shard0) and stats[0].segments == 2

@@ -21,7 +21,7 @@ from mediasearch.metadata.segment_manifest import load_shard_manifest
 from mediasearch.settings import Settings, load_settings
 from mediasearch.vector_index.segment import load_vectors
 from mediasearch.vector_index.shard import SearchParams, Shard
-from mediasearch.vector_index.store import SegmentStore, open_store
+from mediasearch.vector_index.store import SegmentStore, store_from_settings
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
@@ -98,8 +98,7 @@ def rows(sessions: sessionmaker[Session]) -> list[ImageRow]:
 
 
 def store_of(settings: Settings) -> SegmentStore:
-    return open_store(settings.segment_store_url, cache_dir=settings.segment_cache_dir / "test",
-                      endpoint_url=settings.s3_endpoint_url)  # fmt: skip
+    return store_from_settings(settings, "test")
 
 
 def served_ids(sessions: sessionmaker[Session], store: SegmentStore, num_shards: int) -> Counter[int]:

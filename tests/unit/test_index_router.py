@@ -174,3 +174,13 @@ def test_concurrent_searches_with_different_parameters_never_share_a_fan_out(tmp
         assert results[i].ids.shape == (1, k)  # type: ignore[attr-defined]
         np.testing.assert_array_equal(results[i].ids[0], brute_force(x, ids, row[None, :], k)[1][0])  # type: ignore[attr-defined]
     np.testing.assert_array_equal(results[-1].ids, brute_force(x, ids, q, 4)[1])  # type: ignore[attr-defined]
+
+
+def test_an_in_process_router_reports_each_shards_vectors_and_segments(tmp_path: Path) -> None:
+    x, ids = unit_vectors(300), np.arange(300, dtype=np.int64)
+    router = LocalRouter(_shards(tmp_path, x, ids, 3, {}))
+    stats = asyncio.run(router.stats())
+    owners = HashPartitioner(3).shards_for(ids)
+    assert [(s.shard, s.vectors, s.segments, s.available) for s in stats] == [
+        (shard, int((owners == shard).sum()), 1, True) for shard in range(3)
+    ]
