@@ -140,8 +140,8 @@ def start_servers(url: str, work: Path, shards: int) -> tuple[list[Child], list[
     try:
         for s, port in enumerate(ports):
             argv = mediasearch_command(
-                "shard-server", "--shard", str(s), "--port", str(port), "--database-url", url,
-                "--store-url", (work / "store").as_uri(), "--workers", "8", "--poll-interval", "1",
+                "shard-server", shard=s, port=port, database_url=url, store_url=(work / "store").as_uri(),
+                workers=8, poll_interval=1,
             )  # fmt: skip
             children.append(Child(f"shard-{s}", argv, log_path=work / f"shard{s}.log").start())
         for child, port in zip(children, ports, strict=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ async def start_gateway(
     metrics = GatewayMetrics()
     locator = ImageLocator(
         images_root=settings.images_root,
+        local_bucket=settings.indexer_local_bucket,
         s3_endpoint_url=settings.s3_endpoint_url,
         presign=settings.gateway_presign_urls,
         expiry_s=settings.gateway_url_expiry_s,
@@ -170,10 +172,11 @@ def serve_gateway(
     *,
     port: int | None = None,
     metrics_port: int | None = None,
+    port_file: Path | None = None,
     on_ready: Callable[[Gateway], None] | None = None,
 ) -> None:
-    """``mediasearch serve``: run the gateway until SIGTERM or SIGINT, then stop it cleanly.
-    ``on_ready(gateway)`` is called once it serves."""
+    """``mediasearch serve``: run the gateway until SIGTERM or SIGINT, then stop it cleanly. Once it
+    serves, the ports go to ``port_file`` ("GRPC METRICS") and ``on_ready(gateway)`` is called."""
 
     async def serve() -> None:
         gateway = await start_gateway(settings, port=port, metrics_port=metrics_port)
@@ -182,6 +185,8 @@ def serve_gateway(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if port_file is not None:
+                port_file.write_text(f"{gateway.port} {gateway.metrics_port}")
             if on_ready is not None:
                 on_ready(gateway)
             await stop.wait()
@@ -189,6 +194,41 @@ def serve_gateway(
             await gateway.stop()
 
     asyncio.run(serve())
+
+
+class BackgroundGateway:
+    """A gateway on its own event loop in a background thread, for synchronous callers (the demo):
+    ``start()``, the searches, ``stop()``."""
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.settings, self.port = settings, port
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+        self._gateway: Gateway | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        assert self._gateway is not None, "start() first"
+        return self._gateway.address
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(start_gateway(self.settings, port=self.port), self.loop)
+        self._gateway = future.result(timeout=timeout_s)
+
+    def wait(self) -> None:
+        """Until :meth:`stop` (from another thread) or Ctrl-C."""
+        while not self._stopped.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        if self._gateway is not None:
+            asyncio.run_coroutine_threadsafe(self._gateway.stop(), self.loop).result(timeout=30)
+            self._gateway = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self._stopped.set()
 
 
 def _images_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:

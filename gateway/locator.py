@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 
 from mediasearch import aws
-from mediasearch.errors import ImageError, NotFound
+from mediasearch.errors import ImageError, NotFound, Unavailable
 from mediasearch.gateway.presign import Presigner
 from mediasearch.metadata.images_repo import ImageRecord
-from mediasearch.objects import FolderObjects, ObjectReader, S3Objects
+from mediasearch.objects import FolderObjects, ObjectReader, S3Objects, StoredObject
 
 log = logging.getLogger(__name__)
-LOCAL_BUCKET = "local"  # the bucket name of images indexed from a local folder
 
 
 class ImageLocator:
@@ -28,13 +27,15 @@ class ImageLocator:
     def __init__(
         self,
         *,
-        images_root: Path | None = None,
-        s3_endpoint_url: str | None = None,
-        presign: bool = True,
-        expiry_s: int = 3600,
+        images_root: Path | None,
+        local_bucket: str,
+        s3_endpoint_url: str | None,
+        presign: bool,
+        expiry_s: int,
         max_bytes: int,
     ) -> None:
         self.images_root = images_root.resolve() if images_root is not None else None
+        self.local_bucket = local_bucket  # images indexed from a folder, keyed relative to images_root
         self.s3_endpoint_url = s3_endpoint_url
         self.presign = presign
         self.expiry_s = expiry_s
@@ -62,7 +63,7 @@ class ImageLocator:
         key = Path(image.key)
         if key.is_absolute():
             return key
-        if image.bucket == LOCAL_BUCKET and self.images_root is not None:
+        if image.bucket == self.local_bucket and self.images_root is not None:
             return self.images_root / key
         return None
 
@@ -77,7 +78,7 @@ class ImageLocator:
         local = self._local_path(image)
         if local is not None:
             return local.as_uri()
-        if image.bucket == LOCAL_BUCKET:
+        if image.bucket == self.local_bucket:
             return ""
         if self.presign:
             presigner = self._get_presigner()
@@ -86,13 +87,22 @@ class ImageLocator:
         return f"s3://{image.bucket}/{image.key}"
 
     async def read(self, image: ImageRecord) -> bytes:
-        """The image's bytes; NotFound when it is gone, ImageError when it is too large."""
-        local = self._local_path(image)
-        reader, key = (self._folder, str(local)) if local is not None else (self._objects(), image.key)
-        try:
-            found = await asyncio.to_thread(reader.get, image.bucket, key)
-        except NotFound as exc:
-            raise NotFound(f"image {image.image_id} is gone: {exc}") from exc
+        """The image's bytes; NotFound when it is gone (or a local file cannot be read), ImageError
+        when it is too large."""
+        found = await asyncio.to_thread(self._get, image)
         if found.data is None:
             raise ImageError(f"image {image.image_id}: {found.error}")
         return found.data
+
+    def _get(self, image: ImageRecord) -> StoredObject:
+        local = self._local_path(image)
+        try:
+            if local is not None:
+                return self._folder.get(image.bucket, str(local))
+            return self._objects().get(image.bucket, image.key)
+        except NotFound as exc:
+            raise NotFound(f"image {image.image_id} is gone: {exc}") from exc
+        except Unavailable as exc:
+            if local is None:
+                raise  # S3 is down: try again later
+            raise NotFound(f"image {image.image_id}: cannot read {local}: {exc}") from exc

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
 from mediasearch.errors import InvalidInput
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.rpc import ErrorInterceptor
 from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import ManifestFollower
@@ -157,28 +157,27 @@ def serve_shard(
     """``mediasearch shard-server``: serve shard ``shard_id`` on ``MEDIASEARCH_SHARD_HOST``:``_PORT``
     until SIGTERM or SIGINT. Migrates the database, follows the manifest (LISTEN/NOTIFY too on
     PostgreSQL, unless ``listen`` is off), and writes the bound port to ``port_file`` once serving."""
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    store = store_from_settings(settings, f"shard-{shard_id}")
-    shard = Shard(shard_id, store, model_version=model_version, mmap_ivf=settings.index_mmap_ivf)
-    follower = ManifestFollower(
-        shard, session_factory(engine), interval=settings.shard_poll_interval_s, listen=listen
-    )
-    server = ShardServer(
-        shard,
-        follower,
-        SearchParams.from_settings(settings),
-        host=settings.shard_host,
-        port=settings.shard_port,
-        workers=settings.shard_workers,
-    )
-    port = server.start()
-    if port_file is not None:
-        port_file.write_text(str(port))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: server.stop())
-    log.info("shard-server %d ready on %s:%d", shard_id, settings.shard_host, port)
-    try:
-        server.wait()
-    finally:
-        engine.dispose()
+    with migrated_engine(settings.database_url) as engine:
+        store = store_from_settings(settings, f"shard-{shard_id}")
+        shard = Shard(shard_id, store, model_version=model_version, mmap_ivf=settings.index_mmap_ivf)
+        follower = ManifestFollower(
+            shard, session_factory(engine), interval=settings.shard_poll_interval_s, listen=listen
+        )
+        server = ShardServer(
+            shard,
+            follower,
+            SearchParams.from_settings(settings),
+            host=settings.shard_host,
+            port=settings.shard_port,
+            workers=settings.shard_workers,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before anyone can learn the port
+            signal.signal(sig, lambda *_: server.stop())
+        try:
+            port = server.start()
+            if port_file is not None:
+                port_file.write_text(str(port))
+            log.info("shard-server %d ready on %s:%d", shard_id, settings.shard_host, port)
+            server.wait()
+        finally:
+            server.stop()

@@ -22,7 +22,7 @@ from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.runner import ProgressCallback
 from mediasearch.indexer.service import run_pipeline, s3_client
 from mediasearch.indexer.source import Delivery, ListedSource
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.metadata.images_repo import known_versions, recorded_keys
 from mediasearch.metadata.models import PENDING
 from mediasearch.objects import S3Objects, clean_etag
@@ -94,9 +94,7 @@ async def abackfill(
     (ObjectRemoved notifications that never arrived, e.g. before the queue was configured)."""
     bucket, prefix = parse_s3_url(url)
     client = s3_client(settings)
-    engine = make_engine(settings.database_url)
-    try:
-        migrate(engine)
+    with migrated_engine(settings.database_url) as engine:
         sessions = session_factory(engine)
         source = ListingSource(client, bucket, prefix, sessions)
         await asyncio.to_thread(source.list_missing)
@@ -105,8 +103,6 @@ async def abackfill(
                 recorded = await asyncio.to_thread(recorded_keys, session, bucket, prefix)
             pruned = source.add_removals(bucket, recorded - source.keys)
             log.info("backfill: %d recorded keys no longer in the bucket, removing them", pruned)
-    finally:
-        engine.dispose()
     objects = S3Objects(client, max_bytes=settings.max_image_bytes)
     return await run_pipeline(settings, source, objects, encoder=encoder, progress=progress)
 

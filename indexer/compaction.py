@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from mediasearch.errors import MediaSearchError
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import CompactionResult, Compactor
@@ -28,19 +28,14 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def open_compactor(settings: Settings) -> Iterator[Compactor]:
     """A compactor over the database and segment store of ``settings`` (migrated first)."""
-    engine = make_engine(settings.database_url)
-    try:
-        migrate(engine)
-        store = store_from_settings(settings, "compactor")
+    with migrated_engine(settings.database_url) as engine:
         yield Compactor(
             session_factory(engine),
-            store,
+            store_from_settings(settings, "compactor"),
             BuildConfig.from_settings(settings),
             min_segments=settings.compact_min_segments,
             gc_grace_s=settings.gc_grace_s,
         )
-    finally:
-        engine.dispose()
 
 
 def describe(result: CompactionResult) -> str:

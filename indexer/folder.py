@@ -20,7 +20,7 @@ from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.runner import ProgressCallback
 from mediasearch.indexer.service import run_pipeline
 from mediasearch.indexer.source import Delivery, ListedSource
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.metadata.images_repo import recorded_keys
 from mediasearch.objects import FolderObjects
 from mediasearch.settings import Settings
@@ -76,13 +76,8 @@ async def aindex_folder(
 
 def _queue_removals(settings: Settings, source: FolderSource) -> int:
     """Removals for the files the bucket's rows name and the folder no longer holds."""
-    engine = make_engine(settings.database_url)
-    try:
-        migrate(engine)
-        with session_factory(engine)() as session:
-            recorded = recorded_keys(session, source.bucket)
-    finally:
-        engine.dispose()
+    with migrated_engine(settings.database_url) as engine, session_factory(engine)() as session:
+        recorded = recorded_keys(session, source.bucket)
     return source.add_removals(source.bucket, recorded - set(source.keys))
 
 

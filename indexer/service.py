@@ -1,13 +1,14 @@
 """Wiring: settings -> database, segment store, partitioner, encoder -> a :class:`Pipeline` run.
 
 The three entry points (:mod:`~mediasearch.indexer.folder`, :mod:`~mediasearch.indexer.backfill`,
-:mod:`~mediasearch.indexer.worker`) differ only in their source and fetcher; everything else is
+:mod:`~mediasearch.indexer.worker`) differ only in their source and object reader; everything else is
 built here from the same settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from mediasearch import aws
@@ -18,7 +19,7 @@ from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallback
 from mediasearch.indexer.source import Source
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.objects import ObjectReader
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
@@ -50,14 +51,12 @@ async def run_pipeline(
     one is created from the settings (``MEDIASEARCH_ENCODER``) for this run. The database is
     migrated first (idempotent).
     """
-    engine = make_engine(settings.database_url)
-    own_encoder = encoder is None
-    try:
-        migrate(engine)
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(source.close)
+        engine = cleanup.enter_context(migrated_engine(settings.database_url))
         store = store_from_settings(settings, "indexer")
-        if encoder is None:
-            encoder = create_encoder(settings)
-            await encoder.start()
+        if encoder is None:  # this run's own: started here, closed on the way out
+            encoder = await cleanup.enter_async_context(create_encoder(settings))
         committer = Committer(
             session_factory(engine),
             store,
@@ -75,8 +74,3 @@ async def run_pipeline(
             metrics=metrics,
         )
         return await pipeline.run(stop, idle_exit_s)
-    finally:
-        if own_encoder and encoder is not None:
-            await encoder.close()
-        source.close()
-        engine.dispose()

@@ -2,7 +2,8 @@
 
 The indexer's fetch stage and the gateway's "more like this" (an indexed image searched by its id)
 read through the same :class:`ObjectReader`. Errors are the project's: :class:`NotFound` (the
-object is gone), :class:`Conflict` (``if_match`` failed: the key now holds another version),
+object is gone), :class:`Conflict` (S3's ``if_match`` failed: the key now holds another version; a
+folder has no versions to compare),
 :class:`Unavailable` (S3 or the disk failed; try later). An object larger than ``max_bytes`` is
 not downloaded: it comes back with ``error`` set. Whether the bytes are an image is the decoder's
 business.

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else settings.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        if not args.verbose:
+        if not args.verbose and settings.log_level != "DEBUG":
             for name in _CHATTY:
                 logging.getLogger(name).setLevel(logging.WARNING)
         return int(args.func(args, settings) or 0)

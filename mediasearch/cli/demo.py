@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CLIP checkpoint folder (default: the micro model in export/micro/model; a seeded tiny "
         "random CLIP while that is absent)",
     )
-    p.add_argument("--repository", default="model_repository", help="model repository (default: %(default)s)")
+    p.add_argument("--repository", help="model repository (MEDIASEARCH_MODEL_REPOSITORY, model_repository)")
     p.add_argument(
         "--out", default="demo-output", help="gallery, index and sheets go here (default: %(default)s)"
     )
@@ -67,10 +65,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from mediasearch.errors import ConfigError, NotFound
     from mediasearch.export import export_model
+    from mediasearch.gateway.app import BackgroundGateway
 
-    if not args.verbose:
+    if not args.verbose and settings.log_level == "INFO":  # the default: the tables say it better
         logging.getLogger().setLevel(logging.WARNING)
     console = Console()
+    settings = settings.with_overrides(model_repository=args.repository)
     if args.count < 1:
         raise ConfigError("--count must be at least 1")
     out = Path(args.out)
@@ -78,16 +78,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not Path(model).is_dir():
         raise NotFound(f"no model at {model}; pass --model with a CLIP checkpoint folder")
     with console.status("exporting the model to ONNX (parity-checked against PyTorch)..."):
-        report = export_model(str(model), args.repository, "clip")
+        report = export_model(str(model), settings.model_repository, settings.model_name)
     console.print(
         f"[bold]model[/] {report.manifest.version} from {report.manifest.source} "
-        f"(parity {report.parity.worst:.1e}, {report.seconds:.1f}s) -> {args.repository}/"
+        f"(parity {report.parity.worst:.1e}, {report.seconds:.1f}s) -> {settings.model_repository}/"
     )
     gallery = _draw_gallery(console, out / "gallery", args.count, args.seed)
     settings = _settings(settings, args, out, gallery)
     _index(console, settings, gallery)
     labels = _labels(gallery)
-    server = EmbeddedServer(settings, args.port)
+    server = BackgroundGateway(settings, args.port)
     server.start()
     try:
         console.print(f"[bold]search gateway[/] (embedded) listening on {server.address}")
@@ -138,7 +138,6 @@ def _settings(settings: Settings, args: argparse.Namespace, out: Path, gallery: 
         shutil.rmtree(state)  # a fresh index each run: the demo shows indexing too
     return settings.with_overrides(
         **embedded_settings(state),
-        model_repository=Path(args.repository),
         images_root=gallery.resolve(),
         gateway_metrics_port=0,
     )
@@ -209,37 +208,3 @@ def _describe(label: Any) -> str:
 
 def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:60]
-
-
-class EmbeddedServer:
-    """The embedded gateway on its own event loop in a background thread."""
-
-    def __init__(self, settings: Any, port: int) -> None:
-        self.settings, self.port = settings, port
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
-        self._gateway: Any = None
-        self._stopped = threading.Event()
-
-    @property
-    def address(self) -> str:
-        return str(self._gateway.address)
-
-    def start(self) -> None:
-        from mediasearch.gateway.app import start_gateway
-
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(start_gateway(self.settings, port=self.port), self.loop)
-        self._gateway = future.result(timeout=120)
-
-    def wait(self) -> None:
-        while not self._stopped.wait(0.5):
-            pass
-
-    def stop(self) -> None:
-        if self._gateway is not None:
-            asyncio.run_coroutine_threadsafe(self._gateway.stop(), self.loop).result(timeout=30)
-            self._gateway = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self._stopped.set()

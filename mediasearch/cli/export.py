@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a local checkpoint directory (config.json, weights, tokenizer) or a Hugging Face id "
         "already in the local cache, e.g. openai/clip-vit-base-patch32",
     )
-    p.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
+    p.add_argument("--out", help="model repository folder (MEDIASEARCH_MODEL_REPOSITORY, model_repository)")
     p.add_argument(
-        "--name", default="clip", help="model name prefix: <name>_text, <name>_vision (default: %(default)s)"
+        "--name", help="model name prefix: <name>_text, <name>_vision (MEDIASEARCH_MODEL_NAME, clip)"
     )
     p.set_defaults(func=run)
 
@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.export import export_model
 
-    report = export_model(args.model, args.out, args.name)
+    settings = settings.with_overrides(model_repository=args.out, model_name=args.name)
+    report = export_model(args.model, settings.model_repository, settings.model_name)
     m = report.manifest
     print(
         f"exported {m.source}\n"
@@ -44,6 +45,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{report.parity.vision_max_abs_diff:.2e}, padding {report.parity.padding_max_abs_diff:.2e}\n"
         f"  onnx sizes       text {report.text_onnx_bytes / 1e6:.1f} MB, "
         f"vision {report.vision_onnx_bytes / 1e6:.1f} MB\n"
-        f"  published to     {args.out}/ in {report.seconds:.1f}s"
+        f"  published to     {settings.model_repository}/ in {report.seconds:.1f}s"
     )
     return 0

@@ -42,13 +42,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(logging.getLevelNamesMapping()[level], json_lines=settings.gateway_log_json)
 
     def ready(gateway: Gateway) -> None:
-        if args.port_file:
-            args.port_file.write_text(f"{gateway.port} {gateway.metrics_port}")
         print(
             f"search gateway ({gateway.mode}) on {gateway.address}, metrics on "
             f"http://{settings.gateway_host}:{gateway.metrics_port}/metrics; Ctrl-C stops",
             flush=True,
         )
 
-    serve_gateway(settings, port=args.port, metrics_port=args.metrics_port, on_ready=ready)
+    serve_gateway(
+        settings, port=args.port, metrics_port=args.metrics_port, port_file=args.port_file, on_ready=ready
+    )
     return 0

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 from pathlib import Path
-from types import FrameType
 
 from mediasearch.settings import Settings
 
@@ -37,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from mediasearch.dev.triton import LocalTriton, TritonOptions
-    from mediasearch.errors import Unavailable
+    from mediasearch.dev.triton import LocalTriton, TritonOptions, serve_triton
 
     settings = settings.with_overrides(
         model_repository=args.repository,
@@ -62,33 +58,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         backend_directory=args.backend_directory,
         log_file=args.log_file,
     )
-    # Both stop the server in order (SIGINT too: a shell may start background jobs ignoring it).
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with LocalTriton(options) as server:
-            m = server.manifest
-            assert m is not None
-            try:  # a signal from here on (even during the print) stops the server in order
-                print(
-                    f"tritonserver (pid {server.pid}) serves {m.text.model} and {m.vision.model} "
-                    f"({m.version}, {options.flavour} flavour) from {options.repository}\n"
-                    f"  grpc     {server.grpc_url}\n"
-                    f"  http     {server.http_url}\n"
-                    f"  metrics  {server.metrics_url}\n"
-                    f"  log      {server.log_path}\n"
-                    "Ctrl-C stops it.",
-                    flush=True,
-                )
-                status = server.wait()
-            except KeyboardInterrupt:
-                print("stopping tritonserver ...", file=sys.stderr, flush=True)
-                return 0
-            raise Unavailable(f"tritonserver exited by itself (status {status}):\n{server.log_tail()}")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
+    def ready(server: LocalTriton) -> None:
+        m = server.manifest
+        assert m is not None
+        print(
+            f"tritonserver (pid {server.pid}) serves {m.text.model} and {m.vision.model} "
+            f"({m.version}, {options.flavour} flavour) from {options.repository}\n"
+            f"  grpc     {server.grpc_url}\n"
+            f"  http     {server.http_url}\n"
+            f"  metrics  {server.metrics_url}\n"
+            f"  log      {server.log_path}\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (and SIGINT) stop the server the way Ctrl-C does."""
-    raise KeyboardInterrupt
+    serve_triton(options, on_ready=ready)
+    return 0

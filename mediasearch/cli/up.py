@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from mediasearch.settings import Settings
 
@@ -30,13 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shards", type=int, help="number of shard servers (default: 2)")
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
-    p.add_argument("--no-indexer", action="store_true", help="do not start `mediasearch indexer`")
+    p.add_argument(
+        "--no-indexer", action="store_true", help="start neither `mediasearch indexer` nor the compactor"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
-
     from mediasearch.dev.cluster import ClusterOptions, DevCluster
 
     given = {"database_url": args.database_url, "num_shards": args.shards}
@@ -45,13 +46,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         repository=args.repository or settings.model_repository,
         free_ports=args.free_ports,
         indexer=not args.no_indexer,
+        compactor=not args.no_indexer,  # it merges what the indexer writes
         **{k: v for k, v in given.items() if v is not None},
     )
-    cluster = DevCluster(options, settings)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: cluster.request_stop())
-    try:
-        info = cluster.start()
+
+    def ready(info: dict[str, Any]) -> None:
         print(
             f"cluster up: gateway {info['gateway']} · metrics {info['metrics']} · triton {info['triton']}\n"
             f"  put images into s3://{info['bucket']} at {info['s3_endpoint']} (AWS keys: testing/testing);"
@@ -59,8 +58,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f'  try: mediasearch query "two red circles" --sheet results.png  ·  Ctrl-C stops everything',
             flush=True,
         )
-        cluster.supervise()
+
+    try:
+        DevCluster(options, settings).run(on_ready=ready)
     finally:
-        cluster.stop()
         print("cluster stopped", flush=True)
     return 0

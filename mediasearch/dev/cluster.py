@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ IMAGE_BUCKET = "mediasearch-images"
 SEGMENT_BUCKET = "mediasearch-segments"
 QUEUE = "mediasearch-events"
 UP_DATABASE = "postgresql://postgres@127.0.0.1:5432/mediasearch_up"
-RESTART_AFTER_S = 1.0  # a child is restarted no sooner than this after it started
+RESTART_AFTER_S = 1.0
+DEFAULTS = Settings.defaults()  # a child is restarted no sooner than this after it started
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,14 @@ class ClusterOptions:
     database_url: str = UP_DATABASE
     num_shards: int = 2
     free_ports: bool = False
-    shard_base_port: int = 7001
+    shard_base_port: int = DEFAULTS.shard_port
     moto_port: int = 5055
     indexer_metrics_port: int = 9109
     indexer: bool = True
     compactor: bool = True
     gateway: bool = True
     segment_store_url: str | None = None  # None: s3://mediasearch-segments/segments on the emulator
-    shard_workers: int = 8
+    shard_workers: int = DEFAULTS.shard_workers
     triton_threads: int = 1  # ONNX Runtime threads per Triton model (0: the cores)
     env: Mapping[str, str] = field(default_factory=dict)  # more MEDIASEARCH_* for every service
 
@@ -65,7 +67,7 @@ class ClusterOptions:
 @dataclass
 class DevCluster:
     options: ClusterOptions
-    settings: Settings = field(default_factory=Settings)
+    settings: Settings = field(default_factory=Settings.defaults)
     children: dict[str, Child] = field(default_factory=dict)
     triton: LocalTriton | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -91,14 +93,14 @@ class DevCluster:
             env = self._service_env(endpoint, bucket.queue_url, shard_ports, gateway_port, metrics_port)
             servers = {}
             for i, port in enumerate(shard_ports):
-                argv = ["--shard", str(i), "--port", str(port), "--workers", str(o.shard_workers)]
-                servers[self._spawn(f"shard-{i}", ["shard-server", *argv], env)] = port
+                argv = mediasearch_command("shard-server", shard=i, port=port, workers=o.shard_workers)
+                servers[self._spawn(f"shard-{i}", argv, env)] = port
             if o.indexer:
-                self._spawn("indexer", ["indexer", "--metrics-port", str(indexer_metrics_port)], env)
+                self._spawn("indexer", mediasearch_command("indexer", metrics_port=indexer_metrics_port), env)
             if o.compactor:  # merges the indexer's small per-batch segments as they accumulate
-                self._spawn("compactor", ["compact", "--every", "10"], env)
+                self._spawn("compactor", mediasearch_command("compact", every=10), env)
             if o.gateway:
-                servers[self._spawn("gateway", ["serve"], env)] = gateway_port
+                servers[self._spawn("gateway", mediasearch_command("serve"), env)] = gateway_port
             for child, port in servers.items():
                 child.wait_tcp(port, timeout_s=90)
         except BaseException:
@@ -173,20 +175,31 @@ class DevCluster:
         tmp.replace(path)
 
     def _start_moto(self, port: int) -> str:
-        child = self._spawn("moto", emulated_aws.moto_command(port), {}, command=True)
+        child = self._spawn("moto", emulated_aws.moto_command(port), {})
         endpoint = f"http://127.0.0.1:{port}"
         child.wait_http(f"{endpoint}/moto-api/", timeout_s=30)
         return endpoint
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str], *, command: bool = False) -> Child:
-        """Start ``mediasearch ARGS`` (or, with ``command``, the argv ``args``) as ``name``."""
-        argv = args if command else mediasearch_command(*args)
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         child = Child(name, argv, env=env, log_path=self.options.workdir / f"{name}.log")
         self.children[name] = child.start()
         log.info("started %s (pid %s)", name, child.pid)
         return child
 
     # -- run -----------------------------------------------------------------------------------
+    def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``mediasearch up``: start, ``on_ready(info)``, supervise until SIGINT or SIGTERM, stop
+        everything (also when starting fails). Call it from the main thread."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.request_stop())
+        try:
+            info = self.start()
+            if on_ready is not None:
+                on_ready(info)
+            self.supervise()
+        finally:
+            self.stop()
+
     def supervise(self, poll_s: float = 0.5) -> None:
         """Restart crashed children until :meth:`request_stop`; returns when asked to stop."""
         while not self._stopping.wait(poll_s):

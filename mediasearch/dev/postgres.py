@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from mediasearch.metadata.db import make_engine, migrate, normalise_url, translated
+from mediasearch.metadata.db import make_engine, migrated_engine, normalise_url, translated
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -71,11 +71,8 @@ def prepare_database(url: str) -> None:
     """Create the database if it is missing (PostgreSQL) and run the migrations (any backend)."""
     if url.startswith(("postgresql", "postgres")):
         create_database(url)
-    engine = make_engine(url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    with migrated_engine(url):
+        pass
 
 
 @contextlib.contextmanager

@@ -62,9 +62,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
-def mediasearch_command(*args: str) -> list[str]:
-    """The argv of ``mediasearch ARGS`` run by this interpreter."""
-    return [sys.executable, "-m", "mediasearch.cli", *args]
+def mediasearch_command(*args: str, **options: object) -> list[str]:
+    """The argv of ``mediasearch ARGS --option VALUE ...`` run by this interpreter (``port_file=p``
+    becomes ``--port-file p``; True, a bare ``--flag``; None, left out)."""
+    argv = [sys.executable, "-m", "mediasearch.cli", *args]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
 
 
 def tcp_open(host: str, port: int) -> bool:
@@ -154,6 +162,8 @@ class Child:
             return self
         if self.proc is not None:
             self.restarts += 1
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()  # the last run's pipe
         with contextlib.ExitStack() as stack:
             out: Any = subprocess.PIPE
             if self.log_path is not None:

@@ -18,11 +18,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from mediasearch.dev.processes import Child, free_ports
 from mediasearch.dev.triton_install import resolve_install, server_environment
@@ -215,6 +217,30 @@ class LocalTriton:
                 f"{what}: model(s) {', '.join(failed)} failed to load {where}. Last lines of its log:\n{tail}"
             )
         return Unavailable(f"{what} {where}. Last lines of its log:\n{tail}")
+
+
+def serve_triton(options: TritonOptions, on_ready: Callable[[LocalTriton], None] | None = None) -> None:
+    """``mediasearch triton``: run a server until SIGTERM or SIGINT (then stop it in order: SIGINT
+    counts too, as a shell may start background jobs ignoring it); ``on_ready(server)`` once it
+    serves. Unavailable if the server exits by itself."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalTriton(options) as server:
+            try:  # a signal from here on (even inside on_ready) stops the server in order
+                if on_ready is not None:
+                    on_ready(server)
+                status = server.wait()
+            except KeyboardInterrupt:
+                log.info("stopping tritonserver %s", server.pid)
+                return
+            raise Unavailable(f"tritonserver exited by itself (status {status}):\n{server.log_tail()}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def check_repository(repository: Path, name: str, flavour: str) -> ModelManifest:

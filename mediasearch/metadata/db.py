@@ -73,6 +73,18 @@ def migrate(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
+def migrated_engine(url: str, **kwargs: Any) -> Iterator[Engine]:
+    """An engine on ``url`` with the migrations run, as every service opens its database;
+    disposed when the block ends."""
+    engine = make_engine(url, **kwargs)
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
 def translated(what: str) -> Iterator[None]:
     """Turn sqlalchemy errors into Unavailable (can't reach/lock) or Conflict (serialisation)."""
     try:

@@ -38,6 +38,7 @@ DEFAULTS = Settings.defaults()
 
 _RETRYABLE = (Unavailable, DeadlineExceeded)
 _MAX_ROWS = 64  # queries per coalesced fan-out
+_STATS_TIMEOUT_S = 1.0  # per replica
 Hits = tuple[np.ndarray, np.ndarray, tuple[int, ...]]  # (scores, ids, missing shards)
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -249,13 +250,13 @@ class GrpcRouter(Router):
     async def stats(self) -> list[ShardStatus]:
         return list(await asyncio.gather(*(self._shard_stats(s) for s in range(self.num_shards))))
 
-    async def _shard_stats(self, shard: int, timeout_s: float = 1.0) -> ShardStatus:
-        """The first replica's answer that comes; unavailable when none does."""
+    async def _shard_stats(self, shard: int) -> ShardStatus:
+        """Its replicas asked in turn, the first answer kept; unavailable when none answers."""
         from mediasearch._proto.mediasearch.v1 import shard_pb2
 
         for address in self.replicas[shard]:
             try:
-                s = await self._stub(address).Stats(shard_pb2.ShardStatsRequest(), timeout=timeout_s)  # type: ignore[attr-defined]
+                s = await self._stub(address).Stats(shard_pb2.ShardStatsRequest(), timeout=_STATS_TIMEOUT_S)  # type: ignore[attr-defined]
             except grpc.RpcError as exc:
                 log.warning("%s", from_rpc_error(exc, f"stats of shard {shard} at {address}"))
                 continue

@@ -79,24 +79,9 @@ def _shard(stack_tmp: Path, shard: int, url: str, store: Path, port: int = 0) ->
     name = f"shard{shard}-{time.monotonic_ns()}"
     port_file = stack_tmp / f"{name}.port"
     argv = mediasearch_command(
-        "shard-server",
-        "--shard",
-        str(shard),
-        "--port",
-        str(port),
-        "--port-file",
-        str(port_file),
-        "--database-url",
-        url,
-        "--store-url",
-        store.as_uri(),
-        "--cache-dir",
-        str(stack_tmp / "cache"),
-        "--poll-interval",
-        "0.3",
-        "--workers",
-        "2",
-    )
+        "shard-server", shard=shard, port=port, port_file=port_file, database_url=url,
+        store_url=store.as_uri(), cache_dir=stack_tmp / "cache", poll_interval=0.3, workers=2,
+    )  # fmt: skip
     child = Child(name, argv, log_path=stack_tmp / f"{name}.log").start()
     return child, child.wait_port_file(port_file, 60)[0]
 

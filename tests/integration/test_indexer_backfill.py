@@ -16,12 +16,12 @@ from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.dev.processes import Child, mediasearch_command
 from mediasearch.indexer.backfill import backfill
 from mediasearch.metadata.models import INDEXED
+from tests.support.index import sessions_for
 from tests.support.indexer import (
     indexer_settings,
     rows,
     scene_bytes,
     served_ids,
-    sessions_for,
     store_of,
 )
 

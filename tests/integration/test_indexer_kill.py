@@ -17,7 +17,8 @@ from mediasearch.metadata.models import INDEXED
 from mediasearch.settings import load_settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import Compactor
-from tests.support.indexer import bucket_settings, rows, scene_bytes, served_ids, sessions_for, store_of
+from tests.support.index import sessions_for
+from tests.support.indexer import bucket_settings, rows, scene_bytes, served_ids, store_of
 
 IMAGES = 48
 

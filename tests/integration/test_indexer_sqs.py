@@ -18,6 +18,7 @@ from mediasearch.indexer.sqs import POISON_ATTRIBUTE, SqsSource
 from mediasearch.indexer.worker import arun_worker
 from mediasearch.metadata.models import FAILED, INDEXED, REMOVED
 from mediasearch.settings import Settings
+from tests.support.index import sessions_for
 from tests.support.indexer import (
     bad_inputs,
     bucket_settings,
@@ -26,7 +27,6 @@ from tests.support.indexer import (
     scene_bytes,
     search_ids,
     served_ids,
-    sessions_for,
     store_of,
 )
 

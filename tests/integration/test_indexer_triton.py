@@ -17,13 +17,13 @@ from mediasearch.indexer.worker import arun_worker
 from mediasearch.metadata.models import INDEXED
 from mediasearch.metadata.segment_manifest import load_shard_manifest
 from mediasearch.vector_index.segment import load_vectors
+from tests.support.index import sessions_for
 from tests.support.indexer import (
     bucket_settings,
     indexer_settings,
     rows,
     scene_bytes,
     search_ids,
-    sessions_for,
     store_of,
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _run_and_kill(tmp: Path, store: LocalFolderStore, kill_at: str | float) -> s
         child.kill()
     else:
         seen = child.kill_at(f"stage={kill_at}")
-    child.wait(timeout_s=60)
+    assert child.wait(timeout_s=60) == -signal.SIGKILL, "it finished before the kill: kill it sooner"
     return "".join(seen)
 
 

@@ -42,9 +42,8 @@ class Cluster:
 
 def _shard_server(name: str, shard: int, port: int, url: str, store: Path, tmp: Path) -> Child:
     argv = mediasearch_command(
-        "shard-server", "--shard", str(shard), "--port", str(port), "--database-url", url,
-        "--store-url", store.as_uri(), "--cache-dir", str(tmp / "cache"), "--poll-interval", "0.3",
-        "--workers", "4",
+        "shard-server", shard=shard, port=port, database_url=url, store_url=store.as_uri(),
+        cache_dir=tmp / "cache", poll_interval=0.3, workers=4,
     )  # fmt: skip
     return Child(name, argv, log_path=tmp / f"{name}.log")
 

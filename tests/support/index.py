@@ -45,10 +45,15 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def sqlite_sessions(folder: Path) -> sessionmaker[Session]:
-    engine = make_engine(f"sqlite:///{folder / 'meta.db'}")
+def sessions_for(url: str) -> sessionmaker[Session]:
+    """Sessions on a migrated database (dispose with :func:`dispose`)."""
+    engine = make_engine(url)
     migrate(engine)
     return session_factory(engine)
+
+
+def sqlite_sessions(folder: Path) -> sessionmaker[Session]:
+    return sessions_for(f"sqlite:///{folder / 'meta.db'}")
 
 
 def add_segment(

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
 from mediasearch.export.micro.scenes.render import render_scene
-from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.models import ImageRow
 from mediasearch.metadata.segment_manifest import load_shard_manifest
 from mediasearch.settings import Settings, load_settings
@@ -84,12 +83,6 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "oversized.png": (big.getvalue(), "too large"),
         "bomb.png": (_png_header_only(20_000, 20_000), "bomb"),
     }
-
-
-def sessions_for(url: str) -> sessionmaker[Session]:
-    engine = make_engine(url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 def rows(sessions: sessionmaker[Session]) -> list[ImageRow]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,8 @@ PY = sys.executable
 STUBBORN = """
 import signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-print("up", flush=True)
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(helper.pid, flush=True)
 time.sleep(60)
 """
 SERVER = """
@@ -37,9 +39,21 @@ for step in ("reserved", "staged", "committed"):
 
 def test_a_child_ignoring_sigterm_is_killed_with_its_process_group_after_the_timeout() -> None:
     child = Child("stubborn", [PY, "-c", STUBBORN]).start()
-    assert child.read_until("up") == ["up\n"]
+    helper = int(next(child.lines()))
     assert child.stop(timeout_s=0.5) == -signal.SIGKILL
     assert not child.running()
+    deadline = time.monotonic() + 10
+    while _alive(helper):  # killed with the group; the kernel reaps it through init
+        assert time.monotonic() < deadline, "the child's own child outlived it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is dead
 
 
 def test_waiting_for_a_child_that_exits_says_so_and_quotes_its_log(tmp_path: Path) -> None:

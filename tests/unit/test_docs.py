@@ -20,6 +20,7 @@ _MAKE = re.compile(r"(?<![\w-])make ([a-z][a-z-]*)")
 _COMMAND = re.compile(r"(?<![\w./-])(?<!from )(?<!import )mediasearch ([a-z][a-z-]*)")
 _SETTING = re.compile(r"MEDIASEARCH_([A-Z0-9_]*[A-Z0-9])")
 _LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+_REPO_PATH = re.compile(r"`((?:mediasearch|gateway|indexer|export|tests|bench|proto|docs|\.ci)/[\w./-]*)`")
 
 
 def code(page: Path) -> str:
@@ -68,12 +69,20 @@ def test_every_relative_link_resolves(page: Path) -> None:
     assert not missing, missing
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_repository_path_a_page_names_exists(page: Path) -> None:
+    named = set(_REPO_PATH.findall(_FENCE.sub("", page.read_text())))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, missing
+
+
 def test_the_checks_catch_a_made_up_target_command_and_setting(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("Run `make deploy-everything`, then `mediasearch teleport` with MEDIASEARCH_WARP_SPEED.")
     assert set(_MAKE.findall(code(page))) == {"deploy-everything"}
     assert set(_COMMAND.findall(code(page))) == {"teleport"}
     assert _SETTING.findall(page.read_text()) == ["WARP_SPEED"]
+    assert _REPO_PATH.findall("see `mediasearch/gateway/app.py`") == ["mediasearch/gateway/app.py"]
 
 
 def test_the_settings_reference_is_what_the_code_generates() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mediasearch.errors import CorruptData, ManifestMismatch
+from mediasearch.errors import CorruptData, ManifestMismatch, NotFound
 from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.merge import merge_topk
@@ -103,7 +103,7 @@ def test_apply_keeps_the_complete_old_view_when_a_new_segment_cannot_load(tmp_pa
     shard = Shard(0, store)
     shard.apply(_manifest([good]))
     broken = SegmentRecord("missing", 0, "memory://missing", 5, MODEL, "IDMap,Flat")
-    with pytest.raises(Exception):  # noqa: B017 - NotFound from the store
+    with pytest.raises(NotFound, match="missing"):
         shard.apply(_manifest([broken]))
     assert shard.stats().segments == (good.segment_id,)
     store._files[good.segment_id]["ids.npy"] = b"corrupt"

@@ -28,6 +28,7 @@ from mediasearch.objects import FolderObjects
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import HashPartitioner
+from tests.support.index import sessions_for
 from tests.support.indexer import (
     bad_inputs,
     indexer_settings,
@@ -35,7 +36,6 @@ from tests.support.indexer import (
     scene_bytes,
     search_ids,
     served_ids,
-    sessions_for,
     store_of,
 )
 

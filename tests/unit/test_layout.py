@@ -95,7 +95,7 @@ def test_services_import_only_under_the_mediasearch_namespace_outside_the_reposi
     script = (
         "import importlib, sys\n"
         "import mediasearch.gateway.app, mediasearch.indexer.runner, mediasearch.export.triton_config\n"
-        "for bare in ('gateway', 'indexer'):\n"
+        "for bare in ('gateway', 'indexer', 'export'):\n"
         "    try:\n"
         "        importlib.import_module(bare)\n"
         "    except ModuleNotFoundError:\n"
