@@ -1,4 +1,4 @@
-"""``config.pbtxt`` for each Triton model, in three flavours, from one :class:`ServingSpec`.
+"""``config.pbtxt`` for each Triton model, in four flavours, from one :class:`ServingSpec`.
 
 - ``config.pbtxt``: production, ``backend: "onnxruntime"`` on ``KIND_GPU`` (NVIDIA's Triton image).
 - ``configs/cpu.pbtxt``: the local CPU flavour, ``backend: "python"`` with a generated ``model.py``
@@ -6,8 +6,10 @@
   wheel has only the python backend). Started with ``--model-config-name=cpu``.
 - ``configs/tensorrt.pbtxt``: ``platform: "tensorrt_plan"`` for a ``model.plan`` built on the GPU node
   by ``export/tensorrt/build_plan.sh``. Started with ``--model-config-name=tensorrt``.
+- ``configs/onnx-cpu.pbtxt``: NVIDIA's Triton image without a GPU: ``backend: "onnxruntime"`` on
+  ``KIND_CPU`` (the Helm chart's CPU profile). Started with ``--model-config-name=onnx-cpu``.
 
-All three share model name, tensor names, dtypes, ``max_batch_size`` and ``dynamic_batching``. They
+All four share model name, tensor names, dtypes, ``max_batch_size`` and ``dynamic_batching``. They
 are built as ``ModelConfig`` protobuf messages (Triton's own schema, shipped in tritonclient), so a
 config that Triton could not parse cannot be written.
 """
@@ -28,6 +30,7 @@ class Flavour(StrEnum):
     GPU = "gpu"  # config.pbtxt
     CPU = "cpu"  # configs/cpu.pbtxt
     TENSORRT = "tensorrt"  # configs/tensorrt.pbtxt
+    ONNX_CPU = "onnx-cpu"  # configs/onnx-cpu.pbtxt: NVIDIA's image on CPU nodes
 
     @property
     def filename(self) -> str:
@@ -57,6 +60,12 @@ def model_config(
         cfg.backend = "onnxruntime"
         cfg.default_model_filename = "model.onnx"
         cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    elif flavour is Flavour.ONNX_CPU:
+        cfg.backend = "onnxruntime"
+        cfg.default_model_filename = "model.onnx"
+        cfg.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=CPU_INSTANCES)
+        )
     elif flavour is Flavour.TENSORRT:
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = "model.plan"

@@ -3,12 +3,17 @@
 Lists the prefix (``ListObjectsV2``), leaves out every object version the database already
 recorded (indexed, failed or removed: one query per listing page), and sends the rest through the
 same pipeline as live events. Interrupt it and run it again: it resumes with what is still missing.
+
+``part=Part(i, n)`` splits the key space: this run takes only the keys whose stable hash is ``i``
+mod ``n``, so ``n`` runs (a Kubernetes Indexed Job's pods) share a bucket without overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,6 +36,32 @@ from mediasearch.settings import Settings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count`` of the key space (``--part 2/8``)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"part {self.index}/{self.count}: need 0 <= index < count")
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        index, sep, count = text.partition("/")
+        if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+            raise ConfigError(f"part {text!r}: write INDEX/COUNT, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` belongs to this part (a hash stable across processes and machines)."""
+        if self.count == 1:
+            return True
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
     parsed = urlparse(url)
@@ -42,12 +73,15 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class ListingSource(ListedSource):
     """One delivery per listed object not yet recorded. :meth:`list_missing` must run first."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, sessions: sessionmaker[Session], part: Part = Part()
+    ) -> None:
         super().__init__()
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
         self.sessions = sessions
+        self.part = part
         self.listed = 0
         self.already = 0
         self.keys: set[str] = set()
@@ -57,7 +91,11 @@ class ListingSource(ListedSource):
         paginator = self.client.get_paginator("list_objects_v2")
         with aws.translated(f"listing s3://{self.bucket}/{self.prefix}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                objects = [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+                objects = [
+                    o
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/") and self.part.holds(o["Key"])
+                ]
                 with self.sessions() as session:
                     known = known_versions(session, self.bucket, [o["Key"] for o in objects])
                 for obj in objects:
@@ -88,20 +126,23 @@ async def abackfill(
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
     prune: bool = False,
+    part: Part = Part(),
 ) -> IndexReport:
     """Index the objects under ``s3://bucket/prefix`` that the database has not recorded yet; with
     ``prune``, also remove from the index the keys under the prefix that the bucket no longer holds
-    (ObjectRemoved notifications that never arrived, e.g. before the queue was configured)."""
+    (ObjectRemoved notifications that never arrived, e.g. before the queue was configured). Only
+    the keys of ``part``, for both."""
     bucket, prefix = parse_s3_url(url)
     client = s3_client(settings)
     with migrated_engine(settings.database_url) as engine:
         sessions = session_factory(engine)
-        source = ListingSource(client, bucket, prefix, sessions)
+        source = ListingSource(client, bucket, prefix, sessions, part)
         await asyncio.to_thread(source.list_missing)
         if prune:
             with sessions() as session:
                 recorded = await asyncio.to_thread(recorded_keys, session, bucket, prefix)
-            pruned = source.add_removals(bucket, recorded - source.keys)
+            gone = {key for key in recorded - source.keys if part.holds(key)}
+            pruned = source.add_removals(bucket, gone)
             log.info("backfill: %d recorded keys no longer in the bucket, removing them", pruned)
     objects = S3Objects(client, max_bytes=settings.max_image_bytes)
     return await run_pipeline(settings, source, objects, encoder=encoder, progress=progress)
@@ -114,6 +155,7 @@ def backfill(
     encoder: Encoder | None = None,
     progress: ProgressCallback | None = None,
     prune: bool = False,
+    part: Part = Part(),
 ) -> IndexReport:
     """Blocking :func:`abackfill`."""
-    return asyncio.run(abackfill(settings, url, encoder=encoder, progress=progress, prune=prune))
+    return asyncio.run(abackfill(settings, url, encoder=encoder, progress=progress, prune=prune, part=part))

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from mediasearch.errors import MediaSearchError
+from mediasearch.indexer.metrics import CompactorMetrics
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
@@ -71,16 +72,32 @@ def keep_compacting(
             signal.signal(sig, lambda *_: stop.set())
     targets = list(shards or range(settings.num_shards))
     log.info("compacting shards %s every %gs; Ctrl-C stops", targets, every_s)
-    with open_compactor(settings) as compactor:
-        while not stop.is_set():
-            for shard in targets:
-                if stop.is_set():
-                    break
-                try:
-                    result = compactor.compact(shard, force=force)
-                except MediaSearchError as exc:
-                    log.warning("compacting shard %d failed, retrying next round: %s", shard, exc)
-                    continue
-                if result.merged or result.garbage:
-                    log.info("%s", describe(result))
-            stop.wait(every_s)
+    metrics = CompactorMetrics()
+    if settings.compactor_metrics_port:
+        port = metrics.serve(settings.indexer_metrics_host, settings.compactor_metrics_port)
+        log.info("compactor: Prometheus metrics on http://%s:%d/metrics", settings.indexer_metrics_host, port)
+    try:
+        with open_compactor(settings) as compactor:
+            while not stop.is_set():
+                for shard in targets:
+                    if stop.is_set():
+                        break
+                    _round(compactor, shard, force, metrics)
+                metrics.last_round.set_to_current_time()
+                stop.wait(every_s)
+    finally:
+        metrics.stop()
+
+
+def _round(compactor: Compactor, shard: int, force: bool, metrics: CompactorMetrics) -> None:
+    try:
+        result = compactor.compact(shard, force=force)
+    except MediaSearchError as exc:
+        metrics.rounds.labels("failed").inc()
+        log.warning("compacting shard %d failed, retrying next round: %s", shard, exc)
+        return
+    metrics.rounds.labels("merged" if result.merged else "idle").inc()
+    metrics.merged.inc(len(result.merged))
+    metrics.dropped.inc(result.dropped)
+    if result.merged or result.garbage:
+        log.info("%s", describe(result))

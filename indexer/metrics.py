@@ -62,3 +62,34 @@ class IndexerMetrics(ServiceMetrics):
 
     def finished(self, outcome: str | None) -> None:
         self.images.labels(outcome or "unknown").inc()
+
+
+class CompactorMetrics(ServiceMetrics):
+    """``mediasearch compact --every``: rounds by outcome, segments merged, deleted vectors dropped,
+    and when the last round ended (a stalled compactor shows as an old timestamp)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = Counter(
+            "mediasearch_compactor_shard_rounds",
+            "Compaction rounds over one shard, by outcome (merged, idle, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.merged = Counter(
+            "mediasearch_compactor_segments_merged",
+            "Segments merged into larger ones",
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "mediasearch_compactor_vectors_dropped",
+            "Deleted vectors dropped by merges",
+            registry=self.registry,
+        )
+        self.last_round = Gauge(
+            "mediasearch_compactor_last_round_timestamp_seconds",
+            "When the last round over all shards ended (unix seconds)",
+            registry=self.registry,
+        )
+        for outcome in ("merged", "idle", "failed"):
+            self.rounds.labels(outcome)

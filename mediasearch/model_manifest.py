@@ -136,3 +136,32 @@ def _serving_from_dict(raw: dict[str, Any]) -> ServingSpec:
         preferred_batch_sizes=tuple(raw["preferred_batch_sizes"]),
         max_queue_delay_us=int(raw["max_queue_delay_us"]),
     )
+
+
+def pull_model_files(source: str, name: str, out: Path, *, endpoint_url: str | None = None) -> ModelManifest:
+    """Copy what services read of a model repository (the manifest and the tokenizer, not the
+    graphs: Triton serves those) from ``s3://bucket/prefix`` or a folder into ``out``; the manifest
+    is checked and goes last, so ``out`` never holds a manifest without its tokenizer."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = (f"{name}{TOKENIZER_SUFFIX}", f"{name}{MANIFEST_SUFFIX}")
+    if source.startswith("s3://"):
+        from mediasearch import aws
+
+        bucket, _, prefix = source[len("s3://") :].partition("/")
+        client = aws.client("s3", endpoint_url=endpoint_url)
+        for filename in files:
+            key = "/".join(p for p in (prefix.strip("/"), filename) if p)
+            with aws.translated(f"downloading s3://{bucket}/{key}"):
+                client.download_file(bucket, key, str(out / f".{filename}.part"))
+            (out / f".{filename}.part").replace(out / filename)
+    else:
+        for filename in files:
+            path = Path(source) / filename
+            if not path.is_file():
+                raise NotFound(f"{path} does not exist; export a model into {source} first")
+            (out / filename).write_bytes(path.read_bytes())
+    manifest = ModelManifest.load(out, name)
+    if not manifest.tokenizer_path(out).is_file():
+        raise ModelError(f"{source} has no {files[0]}")
+    return manifest

@@ -253,7 +253,15 @@ class Settings(BaseSettings):
     indexer_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus /metrics port of `mediasearch indexer` (0: off)."
     )
-    indexer_metrics_host: str = Field(default="127.0.0.1", description="Address of the indexer's /metrics.")
+    indexer_metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the indexer's and the compactor's /metrics."
+    )
+    compactor_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port of `mediasearch compact --every` (0: off).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

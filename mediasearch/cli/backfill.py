@@ -27,15 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also remove from the index the keys under the prefix that the bucket no longer holds",
     )
+    p.add_argument(
+        "--part",
+        metavar="I/N",
+        help="index only part I (0-based) of N of the key space, split by a stable hash of the key "
+        "(N runs share a bucket without overlap: a Kubernetes Indexed Job's pods)",
+    )
     add_common(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from mediasearch.indexer.backfill import backfill
+    from mediasearch.indexer.backfill import Part, backfill
 
     settings = settings_from(args, settings, s3_endpoint_url=args.s3_endpoint_url)
+    part = Part.parse(args.part) if args.part else Part()
+    label = "backfill" if part.count == 1 else f"backfill {part.index}/{part.count}"
     return run_with_progress(
-        args, "backfill", lambda bar: backfill(settings, args.url, progress=bar, prune=args.prune)
+        args, label, lambda bar: backfill(settings, args.url, progress=bar, prune=args.prune, part=part)
     )

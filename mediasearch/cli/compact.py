@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="compact even one segment (to apply deletes)")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="with --every: serve /metrics here (MEDIASEARCH_COMPACTOR_METRICS_PORT)",
+    )
+    p.add_argument(
         "--gc-grace", type=float, help="seconds unreferenced files are kept (MEDIASEARCH_GC_GRACE_S)"
     )
     p.add_argument(
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         segment_store_url=args.store_url,
         compact_min_segments=args.min_segments,
         gc_grace_s=args.gc_grace,
+        compactor_metrics_port=args.metrics_port,
     )
     if args.every > 0:
         keep_compacting(settings, args.shard, args.every, force=args.force)

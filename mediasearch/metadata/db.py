@@ -72,6 +72,14 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
+    with translated("reading the schema revision"), engine.connect() as conn:
+        if not engine.dialect.has_table(conn, "alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 @contextlib.contextmanager
 def migrated_engine(url: str, **kwargs: Any) -> Iterator[Engine]:
     """An engine on ``url`` with the migrations run, as every service opens its database;

@@ -14,7 +14,7 @@ import pytest
 from mediasearch.dev.emulated_aws import ENV as AWS_ENV
 from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.dev.processes import Child, mediasearch_command
-from mediasearch.indexer.backfill import backfill
+from mediasearch.indexer.backfill import Part, backfill
 from mediasearch.metadata.models import INDEXED
 from tests.support.index import sessions_for
 from tests.support.indexer import (
@@ -82,3 +82,18 @@ def test_backfill_killed_midway_resumes_and_later_runs_index_only_new_objects(
     assert sorted(kept) == [f"archive/{i:03d}.jpg" for i in range(45) if i not in (3, 17, 44)]
     served = served_ids(sessions, store_of(settings), settings.num_shards)
     assert sorted(served) == sorted(kept.values())
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_backfill_parts_together_index_every_object_once(
+    endpoint: str, tmp_path: Path, tiny_repository: Path
+) -> None:
+    name = f"parts-{uuid.uuid4().hex[:8]}"
+    bucket = NotifyingBucket.create(endpoint, name, notify=False)
+    for i in range(24):
+        bucket.put(f"p/{i:03d}.jpg", scene_bytes(i))
+    settings = indexer_settings(tmp_path, tiny_repository, s3_endpoint_url=endpoint)
+    reports = [backfill(settings, f"s3://{name}/p/", part=Part(i, 3)) for i in range(3)]
+    assert sum(r.indexed for r in reports) == 24 and all(0 < r.indexed < 24 for r in reports)
+    indexed = [r.key for r in rows(sessions_for(settings.database_url)) if r.status == INDEXED]
+    assert sorted(indexed) == [f"p/{i:03d}.jpg" for i in range(24)]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.dev.processes import Child, free_port, mediasearch_command
 from mediasearch.metadata.segment_manifest import add_tombstones, load_shard_manifest
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import Compactor
@@ -113,9 +114,10 @@ def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_
 ) -> None:
     sessions, store, _, _, deleted = _setup(tmp_path)
     db = f"sqlite:///{tmp_path / 'meta.db'}"
+    metrics_port = free_port()
     argv = mediasearch_command(
-        "compact", "--every", "0.2", "--shard", "0", "--min-segments", "2", "--gc-grace", "0",
-        "--database-url", db, "--store-url", store.root.as_uri(),
+        "compact", every=0.2, shard=0, min_segments=2, gc_grace=0, database_url=db,
+        store_url=store.root.as_uri(), metrics_port=metrics_port,
     )  # fmt: skip
     env = {"MEDIASEARCH_INDEX_FLAT_MAX": str(CONFIG.flat_max)}
     child = Child("compactor", argv, env=env, log_path=tmp_path / "compactor.log").start()
@@ -128,6 +130,10 @@ def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_
         add_segment(sessions, store, more[:300], np.arange(N, N + 300))
         add_segment(sessions, store, more[300:], np.arange(N + 300, N + 600))
         _wait_for(lambda: sorted(_live(sessions)) == [600, big])
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'mediasearch_compactor_shard_rounds_total{outcome="merged"} 2.0' in metrics, metrics
+        assert "mediasearch_compactor_segments_merged_total 8.0" in metrics  # six, then two
     finally:
         status = child.stop(timeout_s=30)
     out = (tmp_path / "compactor.log").read_text()

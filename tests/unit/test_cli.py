@@ -32,3 +32,13 @@ def test_project_error_is_one_line_on_stderr_with_exit_code_2(
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: /nonexistent/checkpoint is not a directory") and "Traceback" not in err
+
+
+def test_migrate_brings_a_new_database_to_the_current_revision_and_can_run_again(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert main(["migrate", "--database-url", url]) == 0
+    first = capsys.readouterr().out
+    assert main(["migrate", "--database-url", url]) == 0
+    assert first == capsys.readouterr().out and first.startswith("metadata database at revision 0")

@@ -52,6 +52,9 @@ def test_every_generated_config_parses_with_triton_schema_and_agrees(
         assert configs[Flavour.GPU].backend == "onnxruntime"
         assert configs[Flavour.CPU].backend == "python"
         assert configs[Flavour.TENSORRT].platform == "tensorrt_plan"
+        onnx_cpu = configs[Flavour.ONNX_CPU]
+        assert onnx_cpu.backend == "onnxruntime" and onnx_cpu.default_model_filename == "model.onnx"
+        assert [g.kind for g in onnx_cpu.instance_group] == [onnx_cpu.instance_group[0].KIND_CPU]
         assert (tiny_repository / spec.model / "1" / "model.py").is_file()
 
 
