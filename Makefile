@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest chart lock image image-test image-export
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -37,7 +37,13 @@ lint: $(STAMP) proto  ## ruff (every Python folder) + mypy (the whole namespace,
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m mediasearch.dev.typecheck
 
-test: lint  ## lint, then the whole test suite (unit, integration, e2e, slow)
+# checkov lives in a venv of its own (its pins clash with ours); the chart tests run it.
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet 'checkov==3.3.30'
+
+test: lint $(CHECKOV)  ## lint, then the whole test suite (unit, integration, e2e, slow; the chart and the image)
 	$(BIN)/pytest
 
 test-fast: $(STAMP) proto  ## the suite without the slow (ViT-B/32-sized) tests
@@ -78,6 +84,21 @@ bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder
 
 bench-ingest: $(STAMP) proto  ## 2,000 images: S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
 	$(BIN)/python -m bench.ingest $(ARGS)
+
+chart: $(STAMP) proto $(CHECKOV)  ## render helm/mediasearch's profiles: schema, kubernetes-validate, policies, checkov, the wiring test
+	$(BIN)/python -m mediasearch.dev.chart --wiring
+
+lock: $(STAMP)  ## re-pin requirements/*.lock (the image's dependencies) from pyproject.toml
+	$(BIN)/python -m mediasearch.dev.lockfile
+
+image: $(STAMP) proto  ## build the service image with podman (localhost/mediasearch:dev)
+	$(BIN)/python -m mediasearch.dev.image
+
+image-test: $(STAMP) proto  ## build the image and run the chart's workloads from it (as uid 10001) through a search
+	$(BIN)/python -m mediasearch.dev.image --test
+
+image-export: $(STAMP) proto  ## build the export image (the service image plus torch's CPU build)
+	$(BIN)/python -m mediasearch.dev.image --target export --tag localhost/mediasearch-export:dev
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

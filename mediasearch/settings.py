@@ -14,7 +14,9 @@ descriptions below (``python -m mediasearch.dev.settings_doc``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import os
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -290,7 +292,20 @@ def _defaults() -> Settings:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment (``MEDIASEARCH_*``), with explicit overrides on top."""
+    """Read settings from the environment (``MEDIASEARCH_*``), with explicit overrides on top.
+
+    A ``MEDIASEARCH_*`` variable that names no setting is refused (a typo in a ConfigMap would
+    otherwise fall back to the default without a word)."""
+    known = {f"MEDIASEARCH_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(name for name in os.environ if name.startswith("MEDIASEARCH_") and name not in known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError(
+            f"unknown settings: {', '.join(hints)}; every setting is listed in docs/operations.md"
+        )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

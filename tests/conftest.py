@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from mediasearch.dev.emulated_aws import moto_server
 from tests.support.postgres import SKIP_REASON, Postgres
 
 # Nothing in the test suite may reach a model hub.
@@ -88,3 +89,10 @@ def micro_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("micro") / "model_repository"
     assert main(["export", "--model", str(MODEL_DIR), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    """A fresh moto S3 + SQS server for one test (integration and end-to-end tiers)."""
+    with moto_server() as url:
+        yield url

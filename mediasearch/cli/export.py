@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mediasearch.errors import ConfigError
 from mediasearch.settings import Settings
 
 
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Export CLIP's text and vision towers to ONNX, check them against PyTorch (refusing to "
             "publish above a max abs diff of 1e-4), and publish them atomically with their Triton "
-            "configs (GPU, CPU and TensorRT flavours), the tokenizer and the model manifest. "
+            "configs (GPU, TensorRT, local CPU and onnxruntime-on-CPU flavours), the tokenizer and "
+            "the model manifest. "
             "Needs the export extra (torch, transformers): `pip install -e '.[export]'`."
         ),
     )
@@ -32,8 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import importlib.util
+
     from mediasearch.export import export_model
 
+    missing = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"mediasearch export needs {', '.join(missing)} (the export extra): "
+            "`pip install 'mediasearch[export]'`, or run it in the export image (`make image-export`)"
+        )
     settings = settings.with_overrides(model_repository=args.out, model_name=args.name)
     report = export_model(args.model, settings.model_repository, settings.model_name)
     m = report.manifest

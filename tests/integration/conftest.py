@@ -22,13 +22,6 @@ def triton_server(tiny_repository: Path) -> Iterator[LocalTriton]:
         yield server
 
 
-@pytest.fixture
-def endpoint() -> Iterator[str]:
-    """A fresh moto S3 + SQS server for one test."""
-    with moto_server() as url:
-        yield url
-
-
 @pytest.fixture(scope="module")
 def module_endpoint() -> Iterator[str]:
     """One moto server shared by a module's tests (they use buckets and queues of their own)."""

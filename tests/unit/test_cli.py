@@ -42,3 +42,19 @@ def test_migrate_brings_a_new_database_to_the_current_revision_and_can_run_again
     first = capsys.readouterr().out
     assert main(["migrate", "--database-url", url]) == 0
     assert first == capsys.readouterr().out and first.startswith("metadata database at revision 0")
+
+
+def test_export_without_the_export_extra_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    assert main(["export", "--model", "/any/checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: mediasearch export needs torch (the export extra)") and "image-export" in err
+    )

@@ -41,6 +41,16 @@ def test_the_log_level_is_validated_and_case_insensitive(monkeypatch: pytest.Mon
         load_settings()
 
 
+def test_a_variable_that_names_no_setting_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MEDIASEARCH_SHARD_PROT", "7002")
+    with pytest.raises(
+        ConfigError, match=r"MEDIASEARCH_SHARD_PROT \(did you mean MEDIASEARCH_SHARD_PORT\?\)"
+    ):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("options", "field", "setting", "value"),
     [

@@ -1,0 +1,232 @@
+"""The Helm chart, offline: every profile renders documents Kubernetes accepts, the schema refuses
+bad values, the policies hold, and what the chart tells the code (commands, options, settings,
+addresses) is what the code knows. The live wiring is tests/e2e/test_chart_wiring.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import pytest
+
+from mediasearch.cli import build_parser
+from mediasearch.dev import chart
+from mediasearch.settings import Settings, load_settings
+
+PROFILES = list(chart.PROFILES)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}", c)
+        for doc, pod in chart.pod_specs(docs)
+        for c in [*pod.get("initContainers", []), *pod["containers"]]
+    ]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_passes_the_schema_and_renders_documents_kubernetes_accepts(profile: str) -> None:
+    assert chart.schema_errors(chart.profile_values(profile)) == []
+    docs = chart.render(profile)
+    assert chart.validation_errors(docs) == []
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "Job", "NetworkPolicy", "Pod"} <= kinds
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_meets_the_policies(profile: str) -> None:
+    assert chart.policy_problems(chart.render(profile)) == []
+
+
+def test_only_triton_asks_for_gpus_and_only_in_the_gpu_profile() -> None:
+    for profile, gpus in (("gpu", 1), ("cpu", 0), ("minimal", 0)):
+        asking = {
+            name: c["resources"]["limits"].get("nvidia.com/gpu")
+            for name, c in containers(chart.render(profile))
+            if c["resources"]["limits"].get("nvidia.com/gpu")
+        }
+        assert asking == ({"Deployment/ms-mediasearch-triton/tritonserver": gpus} if gpus else {})
+
+
+def test_the_policies_catch_a_container_without_probes_limits_or_a_read_only_root() -> None:
+    docs = chart.render("minimal")
+    gateway = by_kind(docs, "Deployment")["ms-mediasearch-gateway"]["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    del gateway["readinessProbe"], gateway["resources"]["limits"]["memory"]
+    gateway["securityContext"]["readOnlyRootFilesystem"] = False
+    gateway["env"].append({"name": "MEDIASEARCH_GATEWAY_TOKEN_SECRET", "value": "hunter2"})
+    problems = chart.policy_problems(docs)
+    assert any("no readinessProbe" in p for p in problems)
+    assert any("no memory limit" in p for p in problems)
+    assert any("readOnlyRootFilesystem" in p for p in problems)
+    assert any("TOKEN_SECRET is written into the manifest" in p for p in problems)
+
+
+SCHEMA_RULES = [
+    ({"database": {"existingSecret": ""}}, "database/existingSecret"),
+    ({"gateway": {"tokenSecret": {"existingSecret": ""}}}, "tokenSecret/existingSecret"),
+    ({"model": {"repository": "/local/path"}}, "model/repository"),
+    ({"index": {"segmentStoreUrl": "file:///segments"}}, "index/segmentStoreUrl"),
+    ({"index": {"shards": 0}}, "index/shards"),
+    ({"index": {"encoding": "IVF"}}, "index/encoding"),
+    ({"indexer": {"queueUrl": "mediasearch-events"}}, "indexer/queueUrl"),
+    ({"triton": {"flavour": "cuda"}}, "triton/flavour"),
+    ({"triton": {"flavour": "onnx-cpu", "gpus": 1}}, "triton/gpus"),
+    ({"triton": {"flavour": "gpu", "gpus": 0}}, "triton/gpus"),
+    ({"gateway": {"port": 70000}}, "gateway/port"),
+    ({"shards": {"replicas": 0}}, "shards/replicas"),
+    ({"compactor": {"every": 0}}, "compactor/every"),
+    ({"backfill": {"enabled": True, "url": ""}}, "backfill/url"),
+    ({"config": {"DATABASE_URL": "postgresql://u:p@db/x"}}, "DATABASE_URL"),
+    ({"config": {"search_nprobe": "8"}}, "search_nprobe"),
+    ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+    ({"containerSecurityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+    ({"gateway": {"resources": {"requests": {"cpu": "lots", "memory": "1Gi"}}}}, "cpu"),
+    ({"gatway": {"replicas": 2}}, "gatway"),
+]
+
+
+@pytest.mark.parametrize(("change", "named"), SCHEMA_RULES, ids=[named for _, named in SCHEMA_RULES])
+def test_the_schema_refuses_a_bad_value_and_names_it(change: dict[str, Any], named: str) -> None:
+    errors = chart.schema_errors(chart.profile_values("gpu", change))
+    assert errors and named in errors[0], errors
+
+
+def test_shard_memory_follows_the_vectors_per_shard_arithmetic() -> None:
+    docs = chart.render("gpu", {"shards": {"vectorsPerShard": 10_000_000, "bytesPerVector": 540}})
+    shard = by_kind(docs, "StatefulSet")["ms-mediasearch-shard-0"]["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    index_mi = 10_000_000 * 540 // 2**20
+    request = index_mi * 5 // 4 + 512
+    assert shard["resources"]["requests"]["memory"] == f"{request}Mi"
+    assert shard["resources"]["limits"]["memory"] == f"{request + request // 4}Mi"
+
+
+def test_the_segment_cache_is_derived_from_the_vectors_per_shard_unless_given() -> None:
+    def cache(**shards: Any) -> str:
+        docs = chart.render("gpu", {"shards": shards})
+        volumes = by_kind(docs, "StatefulSet")["ms-mediasearch-shard-0"]["spec"]["template"]["spec"][
+            "volumes"
+        ]
+        return next(v["emptyDir"]["sizeLimit"] for v in volumes if v["name"] == "cache")
+
+    derived = 10_000_000 * (540 + 8 + 2048) // 2**20 * 3 // 2
+    assert cache(vectorsPerShard=10_000_000, bytesPerVector=540) == f"{derived}Mi"
+    assert cache(vectorsPerShard=10_000_000, cacheSize="300Gi") == "300Gi"
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_mediasearch_container_runs_a_real_subcommand_with_real_options(profile: str) -> None:
+    commands = _subcommands()
+    docs = chart.render(profile, {"backfill": {"enabled": True, "url": "s3://example-images/photos"}})
+    checked = 0
+    for name, container in containers(docs):
+        if container["image"].startswith("nvcr.io/"):
+            continue
+        args = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in container["args"]]
+        assert args[0] in commands, f"{name}: no subcommand {args[0]}"
+        parsed = commands[args[0]].parse_args(args[1:])  # SystemExit on an unknown option
+        assert parsed.func is not None
+        checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_setting_the_chart_gives_is_one_the_code_reads_and_accepts(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = chart.render(profile, {"config": {"SEARCH_NPROBE": "8"}})
+    config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
+    env = {e["name"] for _, c in containers(docs) for e in c.get("env", [])}
+    given = {k for k in [*config, *env] if k.startswith("MEDIASEARCH_")}
+    assert not {k for k in given if k.removeprefix("MEDIASEARCH_").lower() not in Settings.model_fields}
+    for key, value in config.items():  # what a pod's environment holds
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.search_nprobe == 8 and settings.encoder == "triton"
+
+
+def test_the_gateway_is_told_every_shard_replica_by_its_pod_dns_name_and_port() -> None:
+    docs = chart.render("gpu", {"index": {"shards": 3}, "shards": {"replicas": 2, "port": 7100}})
+    addresses = json.loads(
+        by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]["MEDIASEARCH_SHARD_ADDRESSES"]
+    )
+    statefulsets = by_kind(docs, "StatefulSet")
+    services = by_kind(docs, "Service")
+    assert len(addresses) == 3
+    for shard, entry in enumerate(addresses):
+        sts = statefulsets[f"ms-mediasearch-shard-{shard}"]
+        assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+        expected = [f"{sts['metadata']['name']}-{r}.{sts['spec']['serviceName']}:7100" for r in range(2)]
+        assert entry.split("|") == expected
+        port = sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        assert port == 7100
+
+
+def test_the_test_pod_searches_through_the_gateway_service() -> None:
+    docs = chart.render("gpu")
+    pod = by_kind(docs, "Pod")["ms-mediasearch-test-search"]
+    address = pod["spec"]["containers"][0]["args"][
+        pod["spec"]["containers"][0]["args"].index("--address") + 1
+    ]
+    service = by_kind(docs, "Service")["ms-mediasearch-gateway"]
+    assert address == f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def _admits(policy: dict[str, Any], labels: dict[str, str], port: int) -> bool:
+    """Whether a NetworkPolicy's ingress rules let a pod in this namespace with ``labels`` reach ``port``."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule.get("ports", [{"port": port}])]:
+            continue
+        peers = rule.get("from")
+        if peers is None or any(
+            all(labels.get(k) == v for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items())
+            and "namespaceSelector" not in peer
+            and "ipBlock" not in peer
+            for peer in peers
+        ):
+            return True
+    return False
+
+
+def test_only_the_gateway_and_the_indexer_reach_triton_and_gateway_from_keeps_the_test_pod_in() -> None:
+    peer = {"podSelector": {"matchLabels": {"role": "frontend"}}}
+    docs = chart.render("gpu", {"networkPolicy": {"gatewayFrom": [peer]}})
+    policies = by_kind(docs, "NetworkPolicy")
+    release = {"app.kubernetes.io/name": "mediasearch", "app.kubernetes.io/instance": "ms"}
+    triton = policies["ms-mediasearch-triton"]
+    for component, allowed in (("gateway", True), ("indexer", True), ("shard-0", False), ("test", False)):
+        assert _admits(triton, {**release, "app.kubernetes.io/component": component}, 8001) is allowed
+    gateway = policies["ms-mediasearch-gateway"]
+    assert _admits(gateway, {"role": "frontend"}, 50051)
+    assert _admits(gateway, {**release, "app.kubernetes.io/component": "test"}, 50051)
+    assert not _admits(gateway, {"role": "someone-else"}, 50051)
+    internal = policies["ms-mediasearch-internal"]
+    assert not _admits(internal, {"role": "frontend"}, 7001)
+
+
+def test_migrations_run_as_a_hook_before_install_and_upgrade() -> None:
+    job = by_kind(chart.render("gpu"), "Job")["ms-mediasearch-migrate"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+
+
+@pytest.mark.skipif(
+    not chart.CHECKOV.exists(), reason="checkov is installed by `make test` into .venv-checkov"
+)
+def test_checkov_finds_nothing_it_was_not_told_why() -> None:
+    docs = [d for p in PROFILES for d in chart.render(p)]
+    assert chart.checkov_failures(docs) == []
