@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest chart lock image image-test image-export
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest chart lock image image-test image-export wheelhouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -97,8 +97,12 @@ image: $(STAMP) proto  ## build the service image with podman (localhost/mediase
 image-test: $(STAMP) proto  ## build the image and run the chart's workloads from it (as uid 10001) through a search
 	$(BIN)/python -m mediasearch.dev.image --test
 
-image-export: $(STAMP) proto  ## build the export image (the service image plus torch's CPU build)
-	$(BIN)/python -m mediasearch.dev.image --target export --tag localhost/mediasearch-export:dev
+TORCH_WHEELS ?= /opt/wheels
+image-export: $(STAMP) proto  ## build the export image (the service image plus torch's CPU build from TORCH_WHEELS)
+	$(BIN)/python -m mediasearch.dev.image --target export --tag localhost/mediasearch-export:dev --torch-wheels $(TORCH_WHEELS)
+
+wheelhouse: $(STAMP) proto  ## only download the image's wheels into build/wheelhouse (then: docker build .)
+	$(BIN)/python -m mediasearch.dev.image --wheelhouse-only
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) build .pytest_cache .mypy_cache .ruff_cache

@@ -35,6 +35,7 @@ def open_compactor(settings: Settings) -> Iterator[Compactor]:
             store_from_settings(settings, "compactor"),
             BuildConfig.from_settings(settings),
             min_segments=settings.compact_min_segments,
+            max_vectors=settings.compact_max_vectors,
             gc_grace_s=settings.gc_grace_s,
         )
 

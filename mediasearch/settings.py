@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     compact_min_segments: int = Field(
         default=4, ge=2, description="A shard is compacted once it has this many small segments."
     )
+    compact_max_vectors: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="The largest segment a merge writes; bigger segments are left alone. A merge "
+        "holds its inputs' source vectors twice in memory (4 x dim x 2 bytes a vector).",
+    )
     gc_grace_s: float = Field(
         default=3600.0, ge=0, description="Unreferenced segment files younger than this are left alone."
     )

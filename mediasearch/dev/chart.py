@@ -131,13 +131,23 @@ def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict
 def policy_problems(docs: list[dict[str, Any]]) -> list[str]:
     """The chart's own rules: GPUs only on Triton; requests and limits everywhere; probes on every
     long-running container; non-root, read-only, no escalation, no capabilities, seccomp; secrets
-    only by reference."""
+    only by reference; no service-link variables; no pre-install hook waiting for the release's
+    own ServiceAccount."""
     problems = []
     if any(doc["kind"] == "Secret" for doc in docs):
         problems.append("the chart renders a Secret: credentials must come from existing Secrets")
     for doc, pod in pod_specs(docs):
         where = f"{doc['kind']}/{doc['metadata']['name']}"
         pod_security = pod.get("securityContext", {})
+        if pod.get("enableServiceLinks", True):
+            problems.append(
+                f"{where}: service links on (<SERVICE>_PORT variables read as MEDIASEARCH_* settings)"
+            )
+        hook = doc["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+        if "pre-install" in hook and "serviceAccountName" in pod:
+            problems.append(
+                f"{where}: a pre-install hook names a ServiceAccount the install has not created yet"
+            )
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
             name = f"{where}/{container['name']}"
             problems += _container_problems(name, container, pod_security)

@@ -116,7 +116,9 @@ class Wiring:
             "shards": {"replicas": 1, "workers": 2},
             "compactor": {"every": 5},
         }
-        self.docs = chart.render("cpu", values, name="wiring")
+        # Released as "mediasearch": its Services are mediasearch-*, so Kubernetes' service-link
+        # variables would read as MEDIASEARCH_* settings unless the pods turn them off.
+        self.docs = chart.render("cpu", values, name="mediasearch")
         self.secrets = {
             SECRETS_DATABASE: {"url": database_url},
             SECRETS_TOKEN: {"token-secret": "wiring-test-token-secret"},
@@ -190,6 +192,26 @@ class Wiring:
                 return folder + text[len(mount) :]
         return text
 
+    def _service_links(self) -> dict[str, str]:
+        """The variables Kubernetes gives a pod for every Service of its namespace with a cluster
+        address, unless the pod says ``enableServiceLinks: false`` (<NAME>_SERVICE_HOST, <NAME>_PORT...)."""
+        env = {}
+        for service in self._kind("Service"):
+            if service["spec"].get("clusterIP") == "None":
+                continue
+            name = service["metadata"]["name"].upper().replace("-", "_")
+            address, ports = self.addresses[service["metadata"]["name"]], service["spec"]["ports"]
+            env[f"{name}_SERVICE_HOST"] = address
+            env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+            env[f"{name}_PORT"] = f"tcp://{address}:{ports[0]['port']}"
+            for port in ports:
+                prefix = f"{name}_PORT_{port['port']}_TCP"
+                if "name" in port:
+                    env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+                env |= {prefix: f"tcp://{address}:{port['port']}", f"{prefix}_PROTO": "tcp",
+                        f"{prefix}_PORT": str(port["port"]), f"{prefix}_ADDR": address}  # fmt: skip
+        return env
+
     # -- processes ---------------------------------------------------------------------------
     def _environment(self, pod: Pod, container: dict[str, Any]) -> dict[str, str]:
         configmaps = {c["metadata"]["name"]: c["data"] for c in self._kind("ConfigMap")}
@@ -203,6 +225,8 @@ class Wiring:
             else:
                 ref = item["valueFrom"]["secretKeyRef"]
                 env[item["name"]] = self.secrets[ref["name"]][ref["key"]]
+        if pod.spec.get("enableServiceLinks", True):
+            env.update(self._service_links())
         mounts = self._mounts(pod, container)
         env = {k: self._rewrite(v, pod, mounts) for k, v in env.items()}
         env["TMPDIR"] = mounts.get("/tmp", self.runtime.visible(pod.folder / "tmp"))

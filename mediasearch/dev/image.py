@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mediasearch.dev.layout import ROOT
-from mediasearch.dev.lockfile import LOCKS, Lock, problems
+from mediasearch.dev.lockfile import LOCKS, PYTHON_VERSION, TORCH_WHEELS, Lock, problems
 from mediasearch.errors import ConfigError
 from mediasearch.requestlog import configure_logging
 
@@ -40,6 +40,14 @@ TAG = "localhost/mediasearch:dev"
 USER = (10001, 10001)
 WORK = ROOT / "build" / "image"
 WHEELHOUSES = {"runtime": ROOT / "build" / "wheelhouse", "export": ROOT / "build" / "wheelhouse-export"}
+# The wheels' platforms the image accepts: glibc 2.28 and older on x86_64 (bookworm has 2.36; the
+# lock is compiled for manylinux_2_28); pip does not widen one --platform to the older tags.
+PLATFORMS = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+)
 # What the service image must not contain (the export stage has torch on purpose).
 FORBIDDEN = (
     "usr/bin/gcc",
@@ -81,8 +89,10 @@ def ensure_base(tag: str = BASE) -> None:
     tar.unlink()
 
 
-def wheelhouse(lock: Lock, folder: Path) -> None:
-    """Every wheel the lock pins (hashes checked) and the project's own wheel, into ``folder``."""
+def wheelhouse(lock: Lock, folder: Path, find_links: Path | None = None) -> None:
+    """Every wheel the lock pins (hashes checked) for the image's platform, whatever this machine
+    is, and the project's own wheel, into ``folder``; ``find_links``: a folder of wheels the
+    index lacks (torch's CPU build for the export image)."""
     stale = problems(lock)
     if stale:
         raise ConfigError("; ".join(stale))
@@ -93,7 +103,9 @@ def wheelhouse(lock: Lock, folder: Path) -> None:
     log.info("downloading the wheels of %s into %s", lock.path.name, folder)
     subprocess.run(
         [*pip, "download", "--no-deps", "--only-binary=:all:", "--require-hashes", "-r", str(lock.path),
-         "-d", str(folder)],
+         *(a for platform in PLATFORMS for a in ("--platform", platform)), "--python-version", PYTHON_VERSION,
+         "--implementation", "cp", "--abi", "cp311", "-d", str(folder),
+         *(["--find-links", str(find_links)] if find_links else [])],
         check=True,
     )  # fmt: skip
     for staging in (ROOT / "build").glob("lib*"):  # setuptools' staging: a deleted module would linger
@@ -103,14 +115,21 @@ def wheelhouse(lock: Lock, folder: Path) -> None:
     )
 
 
-def build(target: str = "runtime", tag: str = TAG, base: str = BASE) -> float:
+def fill_wheelhouse(target: str = "runtime", torch_wheels: Path = TORCH_WHEELS) -> None:
+    """The wheelhouse a ``target`` of the Dockerfile installs from (``make wheelhouse``)."""
+    lock = {lock.name: lock for lock in LOCKS}[target]
+    wheelhouse(lock, WHEELHOUSES[target], torch_wheels if lock.overrides else None)
+
+
+def build(
+    target: str = "runtime", tag: str = TAG, base: str = BASE, torch_wheels: Path = TORCH_WHEELS
+) -> float:
     """Build ``target`` of the Dockerfile as ``tag``; returns the seconds it took (wheelhouse included)."""
     _tools()
     if base == BASE:
         ensure_base(base)
     started = time.monotonic()
-    locks = {lock.name: lock for lock in LOCKS}
-    wheelhouse(locks["runtime" if target == "runtime" else "export"], WHEELHOUSES[target])
+    fill_wheelhouse(target, torch_wheels)
     log.info("podman build --target %s -t %s (base %s)", target, tag, base)
     done = subprocess.run(
         ["podman", "build", "--isolation", "chroot", "--build-arg", f"BASE_IMAGE={base}", "--target", target,
@@ -172,11 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         "--base", default=BASE, help=f"BASE_IMAGE (default {BASE}, made here with mmdebstrap)"
     )
     parser.add_argument("--test", action="store_true", help="run the chart's workloads from the built image")
+    parser.add_argument(
+        "--wheelhouse-only", action="store_true", help="only download the wheels (for a docker build)"
+    )
+    parser.add_argument(
+        "--torch-wheels", type=Path, default=TORCH_WHEELS, help="a folder holding torch's CPU wheel (export)"
+    )
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     try:
-        seconds = build(args.target, args.tag, args.base)
+        if args.wheelhouse_only:
+            fill_wheelhouse(args.target, args.torch_wheels)
+            return 0
+        seconds = build(args.target, args.tag, args.base, args.torch_wheels)
     except (ConfigError, RuntimeError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

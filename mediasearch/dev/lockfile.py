@@ -29,7 +29,8 @@ from mediasearch.dev.layout import ROOT
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
 # The one wheel that does not come from the package index: torch's CPU build (PyPI's Linux torch
-# pulls CUDA). It lies in this folder on our machines; see docs/deploy.md for other builders.
+# pulls CUDA). It lies in this folder on our machines; docs/deploy.md says how to fill another
+# (`make image-export TORCH_WHEELS=DIR`).
 TORCH_WHEELS = Path("/opt/wheels")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 

@@ -62,7 +62,7 @@ class Compactor:
         config: BuildConfig,
         *,
         min_segments: int = DEFAULTS.compact_min_segments,
-        large_count: int = 5_000_000,
+        max_vectors: int = DEFAULTS.compact_max_vectors,
         gc_grace_s: float = DEFAULTS.gc_grace_s,
         work_dir: Path | None = None,
     ) -> None:
@@ -70,7 +70,7 @@ class Compactor:
         self.store = store
         self.config = config
         self.min_segments = min_segments
-        self.large_count = large_count
+        self.max_vectors = max_vectors
         self.gc_grace_s = gc_grace_s
         self.work_dir = work_dir
 
@@ -112,9 +112,14 @@ class Compactor:
         the smallest tier with ``min_segments`` members is merged, into a segment of the next tier.
         Merging every small segment each time would rebuild the whole shard whenever the indexer
         commits a few more images (quadratic work under steady ingestion); tiers merge each vector
-        about log(N) times, and leave at most ``min_segments - 1`` segments per tier. ``force``
-        merges all of them (to apply deletes everywhere)."""
-        small = [s for s in segments if s.count < self.large_count]
+        about log(N) times, and leave at most ``min_segments - 1`` segments per tier.
+
+        A merge writes at most ``max_vectors`` vectors (its smallest members while they fit), and
+        segments of that size are left alone: a merge holds its inputs' source vectors in memory
+        twice, so this bounds the compactor's memory, and a shard server's extra memory while a
+        merged segment loads before its inputs are released. ``force`` merges every small segment
+        (to apply deletes everywhere), in one merge, whatever its size."""
+        small = [s for s in segments if s.count < self.max_vectors]
         if not small:
             return []
         version = Counter(s.model_version for s in small).most_common(1)[0][0]
@@ -125,8 +130,14 @@ class Compactor:
         for record in small:
             tiers.setdefault(size_tier(record.count, self.min_segments), []).append(record)
         for tier in sorted(tiers):
-            if len(tiers[tier]) >= self.min_segments:
-                return tiers[tier]
+            members, total = [], 0
+            for record in sorted(tiers[tier], key=lambda r: r.count):
+                if total + record.count > self.max_vectors:
+                    break
+                members.append(record)
+                total += record.count
+            if len(members) >= self.min_segments:
+                return members
         return []
 
     def _load(

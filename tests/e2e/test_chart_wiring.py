@@ -19,10 +19,10 @@ def test_the_cpu_profile_runs_as_rendered_and_finds_an_image_put_into_the_bucket
     item = read_gallery(tmp_path / "gallery")[0]
     with postgres() as url, wiring(micro_repository, url, endpoint, tmp_path / "work") as release:
         names = {p.name for p in release.pods}
-        assert {"wiring-mediasearch-shard-0-0", "wiring-mediasearch-shard-1-0"} <= names
+        assert {"mediasearch-shard-0-0", "mediasearch-shard-1-0"} <= names
         assert {
-            "wiring-mediasearch-gateway-0",
-            "wiring-mediasearch-indexer-0",
-            "wiring-mediasearch-compactor-0",
+            "mediasearch-gateway-0",
+            "mediasearch-indexer-0",
+            "mediasearch-compactor-0",
         } <= names
         release.check_search(item.image.read_bytes(), item.caption)

@@ -89,6 +89,10 @@ SCHEMA_RULES = [
     ({"containerSecurityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
     ({"gateway": {"resources": {"requests": {"cpu": "lots", "memory": "1Gi"}}}}, "cpu"),
     ({"gatway": {"replicas": 2}}, "gatway"),
+    ({"config": {"SHARD_ADDRESSES": "[]"}}, "SHARD_ADDRESSES"),
+    ({"config": {"SEARCH_NPROBE": 8}}, "SEARCH_NPROBE"),
+    ({"compactor": {"maxVectors": 10}}, "compactor/maxVectors"),
+    ({"triton": {"strategy": {"type": "Sometimes"}}}, "triton/strategy"),
 ]
 
 
@@ -106,7 +110,8 @@ def test_shard_memory_follows_the_vectors_per_shard_arithmetic() -> None:
     index_mi = 10_000_000 * 540 // 2**20
     request = index_mi * 5 // 4 + 512
     assert shard["resources"]["requests"]["memory"] == f"{request}Mi"
-    assert shard["resources"]["limits"]["memory"] == f"{request + request // 4}Mi"
+    merge_mi = 4_000_000 * 540 // 2**20  # the largest merged segment (compactor.maxVectors) loads beside
+    assert shard["resources"]["limits"]["memory"] == f"{request + merge_mi}Mi"
 
 
 def test_the_segment_cache_is_derived_from_the_vectors_per_shard_unless_given() -> None:
@@ -230,3 +235,90 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade() -> None:
 def test_checkov_finds_nothing_it_was_not_told_why() -> None:
     docs = [d for p in PROFILES for d in chart.render(p)]
     assert chart.checkov_failures(docs) == []
+
+
+def test_without_a_gpu_triton_is_not_pinned_to_gpu_nodes() -> None:
+    for profile, selector in (("gpu", {"nvidia.com/gpu.present": "true"}), ("cpu", None), ("minimal", None)):
+        triton = by_kind(chart.render(profile), "Deployment")["ms-mediasearch-triton"]["spec"]["template"][
+            "spec"
+        ]
+        assert triton.get("nodeSelector") == selector, profile
+
+
+def test_the_policies_catch_service_links_and_a_hook_waiting_for_the_service_account() -> None:
+    docs = chart.render("gpu")
+    by_kind(docs, "Deployment")["ms-mediasearch-gateway"]["spec"]["template"]["spec"][
+        "enableServiceLinks"
+    ] = True
+    by_kind(docs, "Job")["ms-mediasearch-migrate"]["spec"]["template"]["spec"]["serviceAccountName"] = "ms"
+    problems = chart.policy_problems(docs)
+    assert any("ms-mediasearch-gateway: service links on" in p for p in problems)
+    assert any("ms-mediasearch-migrate: a pre-install hook names a ServiceAccount" in p for p in problems)
+
+
+def test_every_optional_part_renders_documents_kubernetes_accepts() -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    docs = chart.render(
+        "gpu",
+        {
+            "indexer": {"keda": {"enabled": True}},
+            "serviceMonitor": {"enabled": True},
+            "triton": {"autoscaling": {"enabled": True}},
+            "backfill": {"enabled": True, "url": "s3://photos/2024/"},
+            "networkPolicy": {"metricsFrom": [monitoring]},
+            "aws": {"existingSecret": "mediasearch-aws", "sqsEndpointUrl": "https://sqs.internal:4566"},
+        },
+    )
+    assert chart.validation_errors(docs) == [] and chart.policy_problems(docs) == []
+    kinds = {d["kind"] for d in docs}
+    assert {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "HorizontalPodAutoscaler"} <= kinds
+    auth = by_kind(docs, "TriggerAuthentication")["ms-mediasearch-indexer"]["spec"]
+    assert [r["parameter"] for r in auth["secretTargetRef"]] == ["awsAccessKeyID", "awsSecretAccessKey"]
+    trigger = by_kind(docs, "ScaledObject")["ms-mediasearch-indexer"]["spec"]["triggers"][0]["metadata"]
+    assert trigger["awsEndpoint"] == "https://sqs.internal:4566" and "identityOwner" not in trigger
+    triton = by_kind(docs, "HorizontalPodAutoscaler")["ms-mediasearch-triton"]["spec"]
+    assert "replicas" not in by_kind(docs, "Deployment")["ms-mediasearch-triton"]["spec"]
+    assert triton["metrics"][0]["pods"]["metric"]["name"] == "mediasearch_triton_queue_time_us"
+    metrics = by_kind(docs, "NetworkPolicy")["ms-mediasearch-metrics"]
+    for port in (9108, 9109, 9110, 8002):
+        assert any(port in [p["port"] for p in rule["ports"]] for rule in metrics["spec"]["ingress"])
+    job = next(d for d in docs if d["kind"] == "Job" and "backfill" in d["metadata"]["name"])
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert "$(JOB_COMPLETION_INDEX)/4" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    triton_policy = by_kind(docs, "NetworkPolicy")["ms-mediasearch-triton"]
+    backfill = {"app.kubernetes.io/name": "mediasearch", "app.kubernetes.io/instance": "ms"}
+    assert _admits(triton_policy, {**backfill, "app.kubernetes.io/component": "backfill"}, 8001)
+
+
+def test_keda_uses_the_indexers_own_role_without_keys() -> None:
+    docs = chart.render("gpu", {"indexer": {"keda": {"enabled": True}}})
+    auth = by_kind(docs, "TriggerAuthentication")["ms-mediasearch-indexer"]["spec"]
+    assert auth == {"podIdentity": {"provider": "aws", "identityOwner": "workload"}}
+
+
+def test_triton_reads_an_s3_compatible_endpoint_with_its_scheme_and_port() -> None:
+    def repository(endpoint: str) -> str:
+        docs = chart.render("gpu", {"aws": {"s3EndpointUrl": endpoint}})
+        args = by_kind(docs, "Deployment")["ms-mediasearch-triton"]["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+        return next(a for a in args["args"] if a.startswith("--model-repository="))
+
+    assert repository("https://minio.example.com").endswith(
+        "=s3://https://minio.example.com:443/example-models/clip-vit-b-32"
+    )
+    assert repository("http://10.0.0.5:9000").endswith(
+        "=s3://http://10.0.0.5:9000/example-models/clip-vit-b-32"
+    )
+
+
+def test_a_shards_replicas_prefer_different_nodes_and_the_compactor_is_sized_by_its_largest_merge() -> None:
+    docs = chart.render("gpu", {"compactor": {"maxVectors": 2_000_000}})
+    shard = by_kind(docs, "StatefulSet")["ms-mediasearch-shard-1"]["spec"]["template"]["spec"]
+    term = shard["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "shard-1"
+    compactor = by_kind(docs, "Deployment")["ms-mediasearch-compactor"]["spec"]["template"]["spec"]
+    request = 2_000_000 * (2 * 2048 + 540) // 2**20 + 1024
+    assert compactor["containers"][0]["resources"]["requests"]["memory"] == f"{request}Mi"
+    config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
+    assert config["MEDIASEARCH_COMPACT_MAX_VECTORS"] == "2000000"

@@ -98,3 +98,21 @@ def test_compaction_merges_one_size_tier_at_a_time_and_leaves_big_segments_alone
         assert sorted(r.count for r in load_shard_manifest(s, 0).segments) == [500, 2500]
     assert Compactor(sessions, store, CONFIG, min_segments=4).compact(0).merged == ()  # tiers 4 and 5
     assert len(Compactor(sessions, store, CONFIG, min_segments=4).compact(0, force=True).merged) == 2
+
+
+def test_a_merge_writes_at_most_max_vectors_and_leaves_segments_of_that_size_alone(tmp_path: Path) -> None:
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x = clustered(700, seed=5)
+    for i in range(0, 600, 100):  # six segments of one tier
+        add_segment(sessions, store, x[i : i + 100], np.arange(i, i + 100), config=CONFIG)
+    add_segment(sessions, store, x[600:], np.arange(600, 700), config=CONFIG)
+    result = Compactor(sessions, store, CONFIG, min_segments=4, max_vectors=450, gc_grace_s=0).compact(0)
+    assert len(result.merged) == 4 and result.vectors == 400  # a fifth would pass 450
+    with sessions() as s:
+        assert sorted(r.count for r in load_shard_manifest(s, 0).segments) == [100, 100, 100, 400]
+    # the 400 is below the cap but alone in its tier; three 100s are too few: nothing to do
+    assert Compactor(sessions, store, CONFIG, min_segments=4, max_vectors=450).compact(0).merged == ()
+    # at the cap, a segment is never an input again
+    capped = Compactor(sessions, store, CONFIG, min_segments=2, max_vectors=400, gc_grace_s=0).compact(0)
+    assert len(capped.merged) == 3 and capped.vectors == 300

@@ -85,15 +85,23 @@ runtimeClassName: {{ . }}
 {{- end }}
 {{- end -}}
 
-{{- define "mediasearch.podSpec" -}}
-serviceAccountName: {{ include "mediasearch.serviceAccountName" . }}
+{{/* No Kubernetes API token; no service-link variables (a release named "mediasearch" would
+otherwise hand every pod MEDIASEARCH_GATEWAY_PORT=tcp://..., which the settings refuse). */}}
+{{- define "mediasearch.podSecurity" -}}
 automountServiceAccountToken: false
+enableServiceLinks: false
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/* A workload's pod: the release's ServiceAccount (its cloud role) and the above. */}}
+{{- define "mediasearch.podSpec" -}}
+serviceAccountName: {{ include "mediasearch.serviceAccountName" . }}
+{{ include "mediasearch.podSecurity" . }}
 {{- end -}}
 
 {{/* The environment of every mediasearch container: the ConfigMap, and the secrets by reference. */}}
