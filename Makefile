@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest chart lock image image-test image-export wheelhouse
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode-memory chart lock image image-test image-export wheelhouse fuzz audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -85,11 +85,31 @@ bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder
 bench-ingest: $(STAMP) proto  ## 2,000 images: S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
 	$(BIN)/python -m bench.ingest $(ARGS)
 
+bench-decode-memory: $(STAMP)  ## the largest images the limits allow, 20 at once: peak and after-burst RSS, worst decode time
+	$(BIN)/python -m bench.decode_memory $(ARGS)
+
 chart: $(STAMP) proto $(CHECKOV)  ## render helm/mediasearch's profiles: schema, kubernetes-validate, policies, checkov, the wiring test
 	$(BIN)/python -m mediasearch.dev.chart --wiring
 
 lock: $(STAMP)  ## re-pin requirements/*.lock (the image's dependencies) from pyproject.toml
 	$(BIN)/python -m mediasearch.dev.lockfile
+
+FUZZ_S ?= 60
+fuzz: $(STAMP) proto  ## fuzz the parsers (atheris: image, page token, S3 events, filters) and the live gateway (hypothesis), FUZZ_S seconds each
+	$(BIN)/python -m mediasearch.dev.fuzz --seconds $(FUZZ_S)
+
+# pip-audit lives in a venv of its own (its pins are not the project's), under build/ (ignored).
+# It needs a vulnerability database: PyPI's JSON API (per-version pages) or OSV (-s osv in
+# AUDIT_ARGS). --strict: a dependency it could not look up fails the audit instead of passing it.
+AUDIT      := build/venv-audit/bin/pip-audit
+AUDIT_ARGS ?=
+$(AUDIT):
+	$(PYTHON) -m venv build/venv-audit
+	build/venv-audit/bin/pip install --quiet 'pip-audit==2.10.1'
+
+audit: $(AUDIT)  ## known vulnerabilities in the locked dependencies (requirements/*.lock) with pip-audit
+	$(AUDIT) -r requirements/runtime.lock --require-hashes --disable-pip --strict --progress-spinner off $(AUDIT_ARGS)
+	$(AUDIT) -r requirements/export.lock --require-hashes --disable-pip --strict --progress-spinner off $(AUDIT_ARGS)
 
 image: $(STAMP) proto  ## build the service image with podman (localhost/mediasearch:dev)
 	$(BIN)/python -m mediasearch.dev.image

@@ -21,6 +21,11 @@ bounded, and the gateway is still alive afterwards (a caller refused with RESOUR
 off 50 ms, doubling to 1 s, jittered, as a gRPC client with a retry policy would, instead of
 retrying at once: an instant-retry storm measures the load generator, not the service).
 
+With ``--auth`` it measures what API keys cost instead: a second gateway over the same shards and
+Triton with keys required, and the same calls through both, interleaved round by round: SearchText
+(encoder-bound) and GetImage (no encoder: the interceptor chain and one metadata lookup, where a
+per-call cost would show) at concurrency 1 and 16. Its summary line starts ``auth:``.
+
 Segments, the hnswlib graph and the database rows are cached under build/bench/query/ (keyed by
 --n), so a second run starts in seconds. The last line is the summary.
 """
@@ -282,12 +287,101 @@ async def baseline3(repo: Path, hnsw: Any, db: str, queries: list[str], seconds:
 
 
 # -- main ----------------------------------------------------------------------------------------
+def auth_comparison(args: argparse.Namespace, cluster: DevCluster, db: str, work: Path) -> int:
+    """A second gateway with keys required beside the cluster's (keys off); the same calls through
+    both, interleaved; the summary line ``auth: ...``."""
+    from mediasearch.dev.processes import Child, mediasearch_command
+    from mediasearch.metadata.api_keys import create_key
+    from mediasearch.metadata.db import make_engine, session_factory
+
+    engine = make_engine(db)
+    with session_factory(engine).begin() as session:
+        key = create_key(session, f"bench-{int(time.time())}", ["search"], rate_rps=0)  # no rate limit
+    engine.dispose()
+    port_file = work / "cluster" / "gateway-auth.port"
+    port_file.unlink(missing_ok=True)
+    env = {**cluster.children["gateway"].env, "MEDIASEARCH_GATEWAY_AUTH": "required"}
+    argv = mediasearch_command("serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
+    child = Child("gateway-auth", argv, env=env, log_path=work / "cluster" / "gateway-auth.log").start()
+    try:
+        port, _ = child.wait_port_file(port_file, 90)
+        result = asyncio.run(_auth_rounds(args, cluster.info["gateway"], f"127.0.0.1:{port}", key))
+    finally:
+        child.stop()
+    parts = []
+    for name in ("search_c1", "search_c16", "get_c1", "get_c16"):
+        lat_off, lat_on = result[name]["off"], result[name]["on"]
+        off, on = p(lat_off, 50), p(lat_on, 50)
+        say(f"  {name}: p50 off {off:.2f} ms, on {on:.2f} ms; p99 off {p(lat_off, 99):.2f}, "
+            f"on {p(lat_on, 99):.2f} ({len(lat_off)} / {len(lat_on)} calls)")  # fmt: skip
+        parts.append(f"{name}_p50_ms_off={off:.2f} {name}_p50_ms_on={on:.2f} {name}_added_ms={on - off:.2f}")
+    qps = {w: result["get_c16_qps"][w] for w in ("off", "on")}
+    ratio = qps["on"] / qps["off"]
+    parts.append(f"get_c16_qps_off={qps['off']:.0f} get_c16_qps_on={qps['on']:.0f} qps_ratio={ratio:.3f}")
+    say(f"auth: n={args.n} rounds={args.rounds} " + " ".join(parts))
+    return 0
+
+
+async def _auth_rounds(
+    args: argparse.Namespace, off_address: str, on_address: str, key: str
+) -> dict[str, Any]:
+    queries = make_queries(3000, seed=2)
+    rng = np.random.default_rng(0)
+    ids = [int(i) for i in rng.integers(1, args.n + 1, size=5000)]
+    channels = {"off": grpc.aio.insecure_channel(off_address), "on": grpc.aio.insecure_channel(on_address)}
+    metadata = {"off": None, "on": (("authorization", f"Bearer {key}"),)}
+    stubs = {w: search_pb2_grpc.SearchServiceStub(c) for w, c in channels.items()}
+    out: dict[str, Any] = {n: {"off": [], "on": []} for n in ("search_c1", "search_c16", "get_c1", "get_c16")}
+    out["get_c16_qps"] = {"off": 0.0, "on": 0.0}
+
+    def search(which: str) -> Callable[[str], Awaitable[object]]:
+        async def call(q: str) -> object:
+            request = search_pb2.SearchTextRequest(text=q, top_k=K)
+            return await stubs[which].SearchText(request, timeout=30, metadata=metadata[which])
+
+        return call
+
+    def get(which: str) -> Callable[[str], Awaitable[object]]:
+        turn = iter(range(10**9))
+
+        async def call(_q: str) -> object:
+            request = search_pb2.GetImageRequest(id=ids[next(turn) % len(ids)])
+            return await stubs[which].GetImage(request, timeout=30, metadata=metadata[which])
+
+        return call
+
+    for which in ("off", "on"):  # warm-up
+        for q in queries[:20]:
+            await search(which)(q)
+            await get(which)(q)
+    seconds = args.seconds / 2
+    for r in range(max(1, args.rounds)):
+        order = ("off", "on") if r % 2 == 0 else ("on", "off")  # neither side always goes first
+        for which in order:
+            lat, _, counts = await closed_loop(search(which), queries[r * 300 :], 1, seconds)
+            out["search_c1"][which] += lat
+            lat, _, counts = await closed_loop(search(which), queries[r * 300 + 100 :], 16, seconds)
+            out["search_c16"][which] += lat
+            lat, _, counts = await closed_loop(get(which), queries, 1, seconds)
+            out["get_c1"][which] += lat
+            lat, qps, counts = await closed_loop(get(which), queries, 16, seconds)
+            out["get_c16"][which] += lat
+            out["get_c16_qps"][which] += qps / max(1, args.rounds)
+            if set(counts) != {"OK"}:
+                raise SystemExit(f"auth bench: calls failed through the {which} gateway: {dict(counts)}")
+        say(f"  round {r + 1}/{args.rounds} done")
+    for channel in channels.values():
+        await channel.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="bulk-loaded vectors (default: %(default)s)")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per c16 measurement and round")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: %(default)s)")
     ap.add_argument("--overload-s", type=float, default=10.0)
+    ap.add_argument("--auth", action="store_true", help="measure API keys on vs off instead (see above)")
     args = ap.parse_args(argv)
 
     repo, export_s = vitb32_repository()
@@ -321,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = cluster.start()
         say(f"cluster: triton {info['triton']}, shards {info['shards']}, gateway {info['gateway']}")
+        if args.auth:
+            return auth_comparison(args, cluster, url, work)
         out = asyncio.run(measure(args, info["gateway"], info["triton"], repo, hnsw, url))
         alive = cluster.children["gateway"].running()
     finally:

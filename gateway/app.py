@@ -25,10 +25,12 @@ from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.errors import MediaSearchError
+from mediasearch.gateway.auth import AuthInterceptor, Authorizer, KeyCache, RateLimiter
 from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import QueryLimits, SearchEngine
 from mediasearch.gateway.search_server import SearchServer
+from mediasearch.gateway.security import GatewaySecurity
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import count_by_status
 from mediasearch.metadata.readers import open_image_reader
@@ -54,6 +56,7 @@ class Gateway:
     followers: list[ManifestFollower] = field(default_factory=list)
     shards: list[Shard] = field(default_factory=list)  # in-process ones (embedded mode)
     search: SearchEngine | None = None
+    keys: KeyCache | None = None  # API keys (auth required)
     port: int = 0
     metrics_port: int = 0
 
@@ -67,6 +70,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self.keys is not None:
+            await self.keys.close()
         if self.search is not None:
             await self.search.close()
         self.metrics.stop()
@@ -101,6 +106,7 @@ async def start_gateway(
     settings: Settings, *, port: int | None = None, metrics_port: int | None = None
 ) -> Gateway:
     """Build and start the gateway described by ``settings`` (ports may be overridden; 0 = free)."""
+    security = GatewaySecurity.from_settings(settings)
     # No pre-ping on the query path: it costs a database round trip per request; a connection the
     # server dropped fails one request (UNAVAILABLE) and is replaced.
     is_pg = settings.database_url.startswith(("postgres", "postgresql"))
@@ -124,7 +130,7 @@ async def start_gateway(
         images_root=settings.images_root,
         local_bucket=settings.indexer_local_bucket,
         s3_endpoint_url=settings.s3_endpoint_url,
-        presign=settings.gateway_presign_urls,
+        presign=security.presign_urls,
         expiry_s=settings.gateway_url_expiry_s,
         max_bytes=settings.max_image_bytes,
     )
@@ -138,14 +144,25 @@ async def start_gateway(
     )
     metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
     gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, shards, search)  # type: ignore[arg-type]
+    interceptors = []
+    if security.auth_required:
+        gateway.keys = KeyCache(sessions, settings.gateway_keys_refresh_s)
+        limiter = RateLimiter(settings.gateway_rate_rps, settings.gateway_rate_burst)
+        interceptors.append(AuthInterceptor(Authorizer(gateway.keys, limiter)))
     gateway.server = SearchServer(
         search,
         gateway.stats,
         metrics,
         host=settings.gateway_host,
         port=settings.gateway_port if port is None else port,
+        credentials=security.credentials(),
+        interceptors=interceptors,
+        reflection=settings.gateway_reflection,
+        max_message_bytes=settings.max_image_bytes + (64 << 10),
     )
     try:
+        if gateway.keys is not None:
+            await gateway.keys.start()
         await asyncio.to_thread(locator.warm)
         await encoder.start()
         for follower in followers:
@@ -158,11 +175,15 @@ async def start_gateway(
         await gateway.stop()
         raise
     log.info(
-        "gateway (%s) on %s, metrics on :%d, model %s",
+        "gateway (%s) on %s, metrics on :%d, model %s, API keys %s, %s",
         gateway.mode,
         gateway.address,
         gateway.metrics_port,
         encoder.model_version,
+        "required" if security.auth_required else "off",
+        "TLS" + (" with client certificates" if settings.gateway_tls_client_ca else "")
+        if settings.gateway_tls_cert
+        else "plaintext",
     )
     return gateway
 

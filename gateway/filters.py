@@ -12,8 +12,10 @@ selective filters cost a few rounds up to ``gateway_max_candidates``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
+from mediasearch.errors import InvalidInput
 from mediasearch.metadata.images_repo import ImageRecord
 
 
@@ -48,3 +50,27 @@ class Filters:
         if self.bucket and image.bucket != self.bucket:
             return False
         return not (self.key_prefix and not image.key.startswith(self.key_prefix))
+
+
+def filters_from_proto(f: Any) -> Filters:
+    """A ``mediasearch.v1.Filters`` message as :class:`Filters` (InvalidInput for values no image
+    could have, e.g. a timestamp outside years 1-9999)."""
+    return Filters(
+        tags_any=tuple(f.tags_any),
+        tags_all=tuple(f.tags_all),
+        content_types=tuple(f.content_types),
+        created_after=_time(f, "created_after"),
+        created_before=_time(f, "created_before"),
+        bucket=f.bucket,
+        key_prefix=f.key_prefix,
+    )
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp = getattr(message, name)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidInput(f"filters.{name} is not a valid timestamp: {exc}") from exc

@@ -15,7 +15,9 @@ never repeat or skip:
   change, rather than silently answering a different question.
 
 The body is packed binary, signed with HMAC-SHA256 (``gateway_token_secret``) and base64url-encoded;
-a 512-dim vector makes a ~2.8 kB token.
+a 512-dim vector makes a ~2.8 kB token. Keys rotate: tokens are signed with the first secret and
+accepted under any of those given (the current one, then ``gateway_token_secret_previous`` for as
+long as pages issued under it may still be followed).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,22 +82,46 @@ def encode_token(token: PageToken, secret: str) -> str:
     return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
 
 
-def decode_token(text: str, secret: str, *, fingerprint: bytes, model_version: str) -> PageToken:
-    """The token's contents, or InvalidInput saying why it cannot be used with this request."""
+MAX_TOKEN_CHARS = 16_384  # a 4,096-dim vector's token is ~22 kB of base64: none of ours comes near
+
+
+def decode_token(
+    text: str,
+    secrets: str | Sequence[str],
+    *,
+    fingerprint: bytes,
+    model_version: str,
+    dim: int | None = None,
+) -> PageToken:
+    """The token's contents, or InvalidInput saying why it cannot be used with this request.
+
+    ``secrets``: the keys a token may be signed with (current first); ``dim``: the query vector's
+    width the service expects (a token carrying another is refused)."""
+    if len(text) > 4 * MAX_TOKEN_CHARS:
+        raise InvalidInput("page_token is not a token this service issued")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
         raise InvalidInput("page_token is not a token this service issued") from exc
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()[:_MAC_BYTES]
-    if len(raw) < _HEADER.size + _MAC_BYTES or not hmac.compare_digest(mac, expected):
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    signed = any(
+        hmac.compare_digest(mac, hmac.new(key.encode(), body, hashlib.sha256).digest()[:_MAC_BYTES])
+        for key in keys
+        if key
+    )
+    if len(raw) < _HEADER.size + _MAC_BYTES or not signed:
         raise InvalidInput("page_token is not a token this service issued")
-    version, fp, model, as_of, score, after_id, served, dim = _HEADER.unpack_from(body)
-    if version != _VERSION or len(body) != _HEADER.size + 4 * dim:
+    version, fp, model, as_of, score, after_id, served, width = _HEADER.unpack_from(body)
+    if version != _VERSION or len(body) != _HEADER.size + 4 * width:
+        raise InvalidInput("page_token has an unknown format")
+    if (dim is not None and width != dim) or not all(map(np.isfinite, (as_of, score))):
         raise InvalidInput("page_token has an unknown format")
     if fp != fingerprint:
         raise InvalidInput("page_token belongs to a different request (same text, filters and top_k needed)")
     if model != _model_hash(model_version):
         raise InvalidInput("page_token has expired: the model changed since the first page")
-    vector = np.frombuffer(body, dtype="<f4", offset=_HEADER.size, count=dim).astype(np.float32)
+    vector = np.frombuffer(body, dtype="<f4", offset=_HEADER.size, count=width).astype(np.float32)
+    if not np.isfinite(vector).all() or abs(float(np.dot(vector, vector)) - 1.0) > 1e-3:
+        raise InvalidInput("page_token has an unknown format")  # query vectors are unit length
     return PageToken(fp, model_version, as_of, score, after_id, served, vector)

@@ -52,7 +52,7 @@ class QueryLimits(FromSettings):
     max_inflight: int
     max_candidates: int
     oversample: float
-    token_secret: str
+    token_secrets: tuple[str, ...]  # signs with the first; accepts any (key rotation)
     nprobe: int
     ef_search: int
     default_top_k: int = DEFAULT_K  # top_k 0 in a request (proto3's "not set")
@@ -67,7 +67,7 @@ class QueryLimits(FromSettings):
             max_inflight=settings.gateway_max_inflight,
             max_candidates=settings.gateway_max_candidates,
             oversample=settings.gateway_oversample,
-            token_secret=settings.gateway_token_secret,
+            token_secrets=settings.token_secrets(),
             nprobe=settings.search_nprobe,
             ef_search=settings.search_ef,
         )
@@ -212,7 +212,11 @@ class SearchEngine:
             fp = fingerprint(query, top_k, page.filters, round(page.min_score, 6))
             if page.page_token:
                 token = decode_token(
-                    page.page_token, self.limits.token_secret, fingerprint=fp, model_version=model
+                    page.page_token,
+                    self.limits.token_secrets,
+                    fingerprint=fp,
+                    model_version=model,
+                    dim=self.encoder.embedding_dim,
                 )
             else:
                 vector = await self._timed(timings, "encode", encode(), deadline)
@@ -301,7 +305,7 @@ class SearchEngine:
                     token.served + len(hits),
                     token.vector,
                 ),
-                self.limits.token_secret,
+                self.limits.token_secrets[0],
             )
         return Page(hits, next_token, partial, timings, token.model_version)
 

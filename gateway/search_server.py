@@ -5,14 +5,15 @@ fan-out, database), and the encoder clients and the router are asyncio, so one e
 hundreds of concurrent searches; the only blocking call (SQLAlchemy) runs in a worker thread.
 The handlers only translate protobuf <-> :mod:`mediasearch.gateway.query_path`; errors are raised as
 project errors and mapped to status codes by :class:`mediasearch.rpc.AsyncErrorInterceptor`, which
-also tags each request with an id and feeds the metrics. Health (grpc.health.v1) and server reflection are on.
+also tags each request with an id and feeds the metrics; inside it, the optional
+:class:`mediasearch.gateway.auth.AuthInterceptor` checks API keys and rate limits. Health
+(grpc.health.v1) is always served, without a key; server reflection only when enabled.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
-from mediasearch.gateway.filters import Filters
+from mediasearch.gateway.filters import Filters, filters_from_proto
 from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import Hit, Page, PageRequest, SearchEngine
 from mediasearch.metadata.images_repo import ImageRecord
@@ -95,25 +96,6 @@ def _page_request(request: Any) -> PageRequest:
     )
 
 
-def filters_from_proto(f: Any) -> Filters:
-    return Filters(
-        tags_any=tuple(f.tags_any),
-        tags_all=tuple(f.tags_all),
-        content_types=tuple(f.content_types),
-        created_after=_time(f, "created_after"),
-        created_before=_time(f, "created_before"),
-        bucket=f.bucket,
-        key_prefix=f.key_prefix,
-    )
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    stamp: Timestamp = getattr(message, name)
-    return stamp.ToDatetime(tzinfo=UTC)
-
-
 def _result(hit: Hit) -> Any:
     image: ImageRecord = hit.image
     created = Timestamp()
@@ -133,7 +115,8 @@ def _result(hit: Hit) -> Any:
 
 
 class SearchServer:
-    """A running gateway: the grpc.aio server with health and reflection. ``port=0`` picks one."""
+    """A running gateway: the grpc.aio server with health (and reflection if asked). ``port=0``
+    picks one; ``credentials`` serve TLS; ``interceptors`` run inside the error interceptor."""
 
     def __init__(
         self,
@@ -143,30 +126,53 @@ class SearchServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        reflection: bool = False,
+        max_message_bytes: int = 64 << 20,
     ) -> None:
         self.engine, self.stats, self.metrics = engine, stats, metrics
         self.host, self.port = host, port
+        self.credentials, self.interceptors = credentials, tuple(interceptors)
+        self.reflection, self.max_message_bytes = reflection, max_message_bytes
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> int:
         server = grpc.aio.server(
-            interceptors=[AsyncErrorInterceptor(self.metrics.observe_call)],
-            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+            interceptors=[AsyncErrorInterceptor(self.metrics.observe_call), *self.interceptors],
+            options=[
+                # the largest request is one image (the settings' limit plus the other fields); a
+                # larger one is refused by gRPC itself: RESOURCE_EXHAUSTED, "Received message larger
+                # than max (N vs. M)"
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", 16 << 20),  # 1,000 results with long URLs: ~2 MB
+                ("grpc.so_reuseport", 0),
+            ],
         )
         search_pb2_grpc.add_SearchServiceServicer_to_server(
             SearchServicer(self.engine, self.stats, self.metrics), server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.port = server.add_secure_port(address, self.credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("search gateway serving on %s:%d", self.host, self.port)
+        log.info(
+            "search gateway serving on %s:%d (%s)",
+            self.host,
+            self.port,
+            "TLS" if self.credentials else "plaintext",
+        )
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:

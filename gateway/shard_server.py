@@ -30,6 +30,7 @@ from mediasearch.errors import InvalidInput
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.rpc import ErrorInterceptor
 from mediasearch.settings import Settings
+from mediasearch.tls import internal_server_credentials
 from mediasearch.vector_index.follower import ManifestFollower
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import store_from_settings
@@ -92,6 +93,7 @@ class ShardServer:
     port: int = 0
     workers: int = DEFAULTS.shard_workers
     omp_threads: int = 1
+    credentials: grpc.ServerCredentials | None = None  # TLS (MEDIASEARCH_INTERNAL_TLS_CERT/KEY)
     _server: grpc.Server | None = None
     _health: health.HealthServicer | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -109,13 +111,23 @@ class ShardServer:
                 initargs=(self.omp_threads,),
             ),
             interceptors=[ErrorInterceptor()],
-            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+            options=[
+                # a request is nq x dim float32 queries (the router coalesces concurrent searches:
+                # 32 at 512 dims are 64 kB), a response nq x k ids and scores: 4 MiB in is plenty
+                ("grpc.max_receive_message_length", 4 << 20),
+                ("grpc.max_send_message_length", 16 << 20),
+                ("grpc.so_reuseport", 0),
+            ],
         )
         shard_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(self.shard, self.defaults), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.port = server.add_secure_port(address, self.credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         server.start()
         self._server = server
         self.follower.on_sync = self._on_sync
@@ -170,6 +182,7 @@ def serve_shard(
             host=settings.shard_host,
             port=settings.shard_port,
             workers=settings.shard_workers,
+            credentials=internal_server_credentials(settings),
         )
         for sig in (signal.SIGTERM, signal.SIGINT):  # before anyone can learn the port
             signal.signal(sig, lambda *_: server.stop())

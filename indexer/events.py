@@ -12,11 +12,15 @@ Post, Copy, CompleteMultipartUpload) become ``created``; ``ObjectRemoved:*`` (De
 DeleteMarkerCreated) become ``removed``. Other event names (restore, replication, lifecycle
 transitions) are ignored. A body that is not JSON or not one of these shapes raises
 :class:`~mediasearch.errors.InvalidInput`: the message is poison and goes to the dead-letter queue.
+So does a bucket name or key that S3 could not have sent (not a string, empty, longer than S3 allows,
+a NUL or a lone surrogate: text neither S3 nor the images table holds). Optional fields that are
+malformed (eTag, size, eventTime, sequencer) are read as absent, as when the producer leaves them out.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -45,22 +49,33 @@ class ObjectEvent:
     sequencer: str | None = None
 
 
+MAX_BUCKET_CHARS = 255  # S3's bucket names: 63 characters (255 for legacy us-east-1 ones)
+MAX_KEY_BYTES = 1024  # S3's object keys: at most 1,024 bytes of UTF-8
+MAX_ETAG_CHARS = 128  # the images table's etag column
+MAX_ENVELOPES = 2  # S3 -> SNS -> SQS is one
+
+
 def parse_message(body: str) -> list[ObjectEvent]:
     """The object events in one SQS message body (empty for test events and ignored event types)."""
+    return _parse(body, depth=0)
+
+
+def _parse(body: Any, depth: int) -> list[ObjectEvent]:
     try:
-        doc = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"message body is not JSON: {body[:80]!r}") from exc
+        doc = body if isinstance(body, dict) else json.loads(body)
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise InvalidInput(f"message body is not JSON: {_excerpt(body)}") from exc
     if not isinstance(doc, dict):
-        raise InvalidInput(f"message body is not a JSON object: {body[:80]!r}")
+        raise InvalidInput(f"message body is not a JSON object: {_excerpt(body)}")
     if doc.get("Type") == "Notification" and "Message" in doc:  # SNS envelope
-        message = doc["Message"]
-        return parse_message(message if isinstance(message, str) else json.dumps(message))
+        if depth >= MAX_ENVELOPES:
+            raise InvalidInput(f"SNS envelopes nested more than {MAX_ENVELOPES} deep")
+        return _parse(doc["Message"], depth + 1)
     if doc.get("Event") == "s3:TestEvent":
         return []
     records = doc.get("Records")
     if not isinstance(records, list):
-        raise InvalidInput(f"not an S3 event notification (no Records): {body[:80]!r}")
+        raise InvalidInput(f"not an S3 event notification (no Records): {_excerpt(body)}")
     events = []
     for record in records:
         event = _parse_record(record)
@@ -72,7 +87,9 @@ def parse_message(body: str) -> list[ObjectEvent]:
 def _parse_record(record: Any) -> ObjectEvent | None:
     if not isinstance(record, dict):
         raise InvalidInput("an S3 event record is not a JSON object")
-    name = str(record.get("eventName", ""))
+    name = record.get("eventName")
+    if not isinstance(name, str):
+        return None
     if name.startswith("ObjectCreated:"):
         kind: EventKind = "created"
     elif name.startswith("ObjectRemoved:"):
@@ -81,23 +98,59 @@ def _parse_record(record: Any) -> ObjectEvent | None:
         return None
     try:
         s3 = record["s3"]
-        bucket = str(s3["bucket"]["name"])
-        obj = s3["object"]
-        key = unquote_plus(str(obj["key"]))
+        bucket, obj = s3["bucket"]["name"], s3["object"]
+        key = obj["key"]
     except (KeyError, TypeError) as exc:
         raise InvalidInput(f"S3 event record without bucket name or object key ({exc!r})") from exc
+    if not isinstance(obj, dict) or not isinstance(bucket, str) or not isinstance(key, str):
+        raise InvalidInput("S3 event record whose bucket name or object key is not a string")
+    key = unquote_plus(key)
     if not bucket or not key:
         raise InvalidInput("S3 event record with an empty bucket name or object key")
-    size = obj.get("size")
+    if len(bucket) > MAX_BUCKET_CHARS or not _clean(bucket):
+        raise InvalidInput(f"S3 event record with an impossible bucket name: {bucket[:80]!r}")
+    if not _clean(key) or len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidInput(f"S3 event record with an impossible object key: {key[:80]!r}")
     return ObjectEvent(
         kind=kind,
         bucket=bucket,
         key=key,
-        etag=clean_etag(obj.get("eTag") or obj.get("etag")) if kind == "created" else None,
-        size=int(size) if isinstance(size, int | float) else None,
+        etag=_etag(obj.get("eTag") or obj.get("etag")) if kind == "created" else None,
+        size=_size(obj.get("size")),
         time=_parse_time(record.get("eventTime")),
-        sequencer=obj.get("sequencer"),
+        sequencer=_text(obj.get("sequencer")),
     )
+
+
+def _excerpt(body: Any) -> str:
+    return repr(body[:80]) if isinstance(body, str) else f"a JSON {type(body).__name__}"
+
+
+def _clean(text: str) -> bool:
+    """Text S3 and the images table can hold: valid Unicode (no lone surrogates), no NUL."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value and _clean(value) else None
+
+
+def _etag(value: Any) -> str | None:
+    etag = clean_etag(_text(value))
+    return etag if etag is not None and len(etag) <= MAX_ETAG_CHARS else None
+
+
+def _size(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    size = int(value)
+    return size if 0 <= size < 2**63 else None
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -105,6 +158,6 @@ def _parse_time(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # not a time, or a UTC offset past year 1 or 9999
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -25,7 +25,7 @@ from mediasearch.indexer.items import IndexReport, Item
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.source import Delivery, Source
 from mediasearch.objects import ObjectReader, StoredObject
-from mediasearch.preprocess.image import decode_image, resize_center_crop
+from mediasearch.preprocess.image import prepare_image_with_size
 from mediasearch.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class PipelineOptions(FromSettings):
     decode_threads: int
     max_image_bytes: int
     max_image_pixels: int
+    max_image_aspect: float = 500.0
     encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
     heartbeat_s: float = 5.0  # how often in-flight deliveries are kept invisible (at most)
 
@@ -60,6 +61,7 @@ class PipelineOptions(FromSettings):
             decode_threads=settings.image_decode_threads,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
+            max_image_aspect=settings.max_image_aspect,
         )
 
 
@@ -226,13 +228,15 @@ class Pipeline:
         assert item.fetched is not None and item.fetched.data is not None
         spec = self.encoder.image_spec
         try:
-            img = decode_image(
+            # the gateway's bounded path (reduced decoding, every intermediate bounded), so a
+            # hostile object in the bucket costs the indexer what it would cost the gateway
+            item.pixels, (item.width, item.height) = prepare_image_with_size(
                 item.fetched.data,
+                spec,
                 max_bytes=self.options.max_image_bytes,
                 max_pixels=self.options.max_image_pixels,
+                max_aspect=self.options.max_image_aspect,
             )
-            item.width, item.height = img.size
-            item.pixels = resize_center_crop(img, spec.resize, spec.crop)
         except MediaSearchError as exc:
             item.error = str(exc)
         except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image

@@ -20,6 +20,7 @@ import grpc
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
 from mediasearch.errors import NotFound, Unavailable
 from mediasearch.rpc import from_rpc_error
+from mediasearch.tls import channel_credentials
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,30 @@ class Response:
 
 
 class SearchClient:
-    """``with SearchClient("127.0.0.1:50051") as c: c.search_text("two red circles")``."""
+    """``with SearchClient("127.0.0.1:50051") as c: c.search_text("two red circles")``.
 
-    def __init__(self, address: str, *, timeout_s: float = 10.0) -> None:
+    ``api_key`` is sent as ``authorization: Bearer <key>``; ``tls`` (or ``tls_ca``, a PEM CA to
+    verify the gateway with: implies TLS) connects with TLS; ``tls_cert``/``tls_key`` present a
+    client certificate (mTLS)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 10.0,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        if tls or tls_ca or tls_cert:
+            self._channel = grpc.secure_channel(address, channel_credentials(tls_ca, tls_cert, tls_key))
+        else:
+            self._channel = grpc.insecure_channel(address)
         self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
 
     def __enter__(self) -> SearchClient:
@@ -91,7 +110,7 @@ class SearchClient:
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+            return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, method) from exc
 

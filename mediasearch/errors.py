@@ -18,7 +18,9 @@ tree where they enter the project, so callers and the gRPC interceptor only need
     │   └── ParityError        the exported graph does not reproduce the reference model
     ├── Unavailable            an outside system is down or unreachable (UNAVAILABLE)
     ├── DeadlineExceeded       a deadline passed (DEADLINE_EXCEEDED)
-    └── Overloaded             a queue is full; try later (RESOURCE_EXHAUSTED)
+    ├── Overloaded             a queue is full or a rate limit is reached; try later (RESOURCE_EXHAUSTED)
+    ├── Unauthenticated        no API key, or one the service does not know (UNAUTHENTICATED)
+    └── PermissionDenied       a known key without the scope the call needs (PERMISSION_DENIED)
 """
 
 from __future__ import annotations
@@ -81,7 +83,20 @@ class DeadlineExceeded(MediaSearchError):
 
 
 class Overloaded(MediaSearchError):
-    """The service is saturated; the request was rejected rather than queued without bound."""
+    """The service is saturated; the request was rejected rather than queued without bound.
+    ``retry_after_s``, when known, says when trying again can succeed (a rate limit's refill)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(MediaSearchError):
+    """The caller sent no credential, or one that is unknown or revoked."""
+
+
+class PermissionDenied(MediaSearchError):
+    """The caller is known but its key lacks the scope the call needs."""
 
 
 __all__ = [
@@ -99,5 +114,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "ParityError",
+    "PermissionDenied",
+    "Unauthenticated",
     "Unavailable",
 ]

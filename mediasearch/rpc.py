@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ _TO_STATUS: tuple[tuple[type[errors.MediaSearchError], grpc.StatusCode], ...] = 
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Conflict, grpc.StatusCode.ABORTED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.CorruptData, grpc.StatusCode.DATA_LOSS),
 )
 
@@ -43,6 +46,8 @@ _FROM_STATUS: dict[grpc.StatusCode, type[errors.MediaSearchError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
     grpc.StatusCode.ABORTED: errors.Conflict,
     grpc.StatusCode.DATA_LOSS: errors.CorruptData,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
 }
 
 
@@ -88,6 +93,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
 
 REQUEST_ID_KEY = "x-request-id"
+RETRY_AFTER_KEY = "retry-after"
 Observer = Callable[[str, grpc.StatusCode, float], None]
 
 
@@ -98,8 +104,33 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
     e.g. ``SearchText``). INTERNAL answers carry the request id so an operator can find the log.
     """
 
+    class Unparsable:
+        """What a request that failed to parse reaches the handler as: grpc's own answer would be
+        UNKNOWN, with a traceback logged at ERROR, before any interceptor could see the call."""
+
+        def __init__(self, message: str) -> None:
+            self.message = message
+
     def __init__(self, observe: Observer | None = None) -> None:
         self.observe = observe
+
+    @classmethod
+    def _lenient(cls, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        """``deserialize``, with bytes that are no such message turned into an :class:`Unparsable`."""
+        from google.protobuf.message import DecodeError
+
+        if deserialize is None:
+            return None
+        message = getattr(deserialize, "__self__", None)  # SomeRequest.FromString: its class
+        name = getattr(getattr(message, "DESCRIPTOR", None), "name", None) or "request"
+
+        def parse(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except DecodeError:
+                return cls.Unparsable(name)
+
+        return parse
 
     async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
@@ -109,6 +140,7 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         incoming = dict(handler_call_details.invocation_metadata or ())
         observe = self.observe
+        deserialize = self._lenient(handler.request_deserializer)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = str(incoming.get(REQUEST_ID_KEY) or new_request_id())[:64]
@@ -117,9 +149,15 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
             code, message = grpc.StatusCode.OK, ""
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+                if isinstance(request, AsyncErrorInterceptor.Unparsable):
+                    raise errors.InvalidInput(f"the request is not a valid {request.message} message")
                 return await inner(request, context)
             except errors.MediaSearchError as exc:
                 code, message = status_for(exc), str(exc)
+                retry_after = getattr(exc, "retry_after_s", None)
+                if retry_after is not None:  # a rate limit says when: HTTP's Retry-After, in seconds
+                    after = str(max(1, math.ceil(retry_after)))
+                    context.set_trailing_metadata(((REQUEST_ID_KEY, rid), (RETRY_AFTER_KEY, after)))
                 # refusals under overload are many and expected: debug, so logging does not add to it
                 level = logging.DEBUG if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO
                 log.log(level, "%s -> %s: %s", method, code.name, message)
@@ -137,6 +175,6 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )

@@ -17,10 +17,11 @@ import dataclasses
 import difflib
 import functools
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mediasearch.errors import ConfigError
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Larger images are refused.")
     max_image_pixels: int = Field(
         default=64_000_000, gt=0, description="Decompression-bomb guard: images with more pixels are refused."
+    )
+    max_image_aspect: float = Field(
+        default=500.0,
+        ge=1.0,
+        description="Images more than this many times longer than wide (or wider than long) are "
+        "refused: degenerate strips such as 1 x 60,000,000 (CLIP sees only the centred square).",
     )
     triton_grpc_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address (host:port).")
     triton_http_port: int = Field(
@@ -125,14 +132,68 @@ class Settings(BaseSettings):
     gateway_oversample: float = Field(
         default=4.0, ge=1.0, description="With filters, first draw this many candidates per wanted result."
     )
-    gateway_token_secret: str = Field(
-        default="mediasearch-page-token",
-        description="HMAC key signing page tokens; every gateway replica must share it.",
+    gateway_token_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key signing page tokens; every gateway replica must share it. Required in "
+        "cluster mode; an embedded gateway without one makes a random key per process.",
     )
-    gateway_presign_urls: bool = Field(
-        default=True, description="Return presigned HTTPS URLs for S3 images (else s3:// URLs)."
+    gateway_token_secret_previous: SecretStr | None = Field(
+        default=None,
+        description="The key before the current one: its tokens are still accepted (rotation without "
+        "breaking pagination); drop it once its pages are stale.",
+    )
+    gateway_presign_urls: bool | None = Field(
+        default=None,
+        description="Return presigned HTTPS URLs for S3 images (else s3:// URLs). Must be set in "
+        "cluster mode (a presigned URL hands out the original); embedded: true.",
     )
     gateway_url_expiry_s: int = Field(default=3600, gt=0, description="Lifetime of presigned URLs.")
+    gateway_auth: Literal["required", "off"] | None = Field(
+        default=None,
+        description="API keys (authorization: Bearer <key>): required, or off. Unset: required in "
+        "cluster mode, off for an embedded gateway on a loopback address.",
+    )
+    gateway_insecure: bool = Field(
+        default=False,
+        description="Let a gateway without API keys bind a non-loopback address (`serve --insecure`).",
+    )
+    gateway_keys_refresh_s: float = Field(
+        default=2.0, gt=0, le=5.0, description="How often a gateway re-reads the API keys (revocations)."
+    )
+    gateway_rate_rps: float = Field(
+        default=50.0, ge=0, description="Requests per second one API key may make (0: unlimited)."
+    )
+    gateway_rate_burst: int = Field(
+        default=100, gt=0, description="Requests one API key may make at once above its rate."
+    )
+    gateway_reflection: bool = Field(default=False, description="Serve gRPC server reflection.")
+    gateway_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain the gateway serves TLS with (re-read on change).",
+    )
+    gateway_tls_key: Path | None = Field(default=None, description="PEM key of the gateway's certificate.")
+    gateway_tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle; set: callers must show a certificate it signed (mTLS).",
+    )
+    internal_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA that signs the shard servers' and Triton's certificates; set: gateway and "
+        "indexer connect to them with TLS.",
+    )
+    internal_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain the internal servers serve TLS with: `mediasearch shard-server` "
+        "and `mediasearch triton` (re-read on change).",
+    )
+    internal_tls_key: Path | None = Field(default=None, description="PEM key of the internal certificate.")
+    api_key: SecretStr | None = Field(
+        default=None, description="Client side (`mediasearch query`): the API key sent to the gateway."
+    )
+    tls_ca: Path | None = Field(
+        default=None,
+        description="Client side (`mediasearch query`): PEM CA the gateway's TLS is checked with.",
+    )
     gateway_log_json: bool = Field(default=False, description="Log one JSON object per line.")
     images_root: Path | None = Field(
         default=None,
@@ -276,6 +337,19 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @property
+    def cluster_mode(self) -> bool:
+        """A gateway over shard servers (``MEDIASEARCH_SHARD_ADDRESSES``), not an embedded one."""
+        return bool(self.shard_addresses)
+
+    def token_secrets(self) -> tuple[str, ...]:
+        """The page-token keys: the current one first, then the previous one if any. Without a
+        current key (embedded only; cluster mode refuses to start): one random key per process."""
+        current = self.gateway_token_secret.get_secret_value() if self.gateway_token_secret else ""
+        previous = self.gateway_token_secret_previous
+        keys = (current or _process_token_key(), previous.get_secret_value() if previous else "")
+        return tuple(key for key in keys if key)
+
     @classmethod
     def defaults(cls) -> Settings:
         """The documented defaults, without reading the environment."""
@@ -290,6 +364,11 @@ class Settings(BaseSettings):
             return type(self).model_validate({**self.model_dump(), **given})
         except ValidationError as exc:
             raise _config_error(exc) from exc
+
+
+@functools.cache
+def _process_token_key() -> str:
+    return secrets.token_urlsafe(32)
 
 
 @functools.cache

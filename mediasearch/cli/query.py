@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pages", type=int, default=1, help="follow next_page_token this many pages")
     p.add_argument("--sheet", type=Path, help="write a contact sheet PNG of the results here")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, s")
+    p.add_argument("--api-key", help="API key sent as 'authorization: Bearer' (MEDIASEARCH_API_KEY)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS, verified by the system's CAs")
+    p.add_argument(
+        "--tls-ca", type=Path, help="connect with TLS, verified by this PEM CA (MEDIASEARCH_TLS_CA)"
+    )
     p.set_defaults(func=run)
 
 
@@ -56,7 +61,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "min_score": args.min_score or None,
     }
     responses = []
-    with SearchClient(address, timeout_s=args.timeout) as client:
+    api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    tls_ca = args.tls_ca or settings.tls_ca
+    with SearchClient(
+        address, timeout_s=args.timeout, api_key=api_key, tls=args.tls, tls_ca=tls_ca
+    ) as client:
         token = ""
         for _ in range(max(1, args.pages)):
             if args.text:

@@ -13,8 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the gRPC search API (cluster or embedded, by settings)",
         description=(
-            "Serve SearchText, SearchImage, GetImage and Stats over gRPC, with health and reflection, "
-            "and Prometheus metrics over HTTP. Cluster mode when MEDIASEARCH_SHARD_ADDRESSES is set "
+            "Serve SearchText, SearchImage, GetImage and Stats over gRPC, with health (reflection: "
+            "MEDIASEARCH_GATEWAY_REFLECTION), and Prometheus metrics over HTTP. API keys are required "
+            "in cluster mode (mediasearch keys create; MEDIASEARCH_GATEWAY_AUTH), TLS from "
+            "MEDIASEARCH_GATEWAY_TLS_CERT/KEY (docs/security.md). Cluster mode when "
+            "MEDIASEARCH_SHARD_ADDRESSES is set "
             "(shard servers, MEDIASEARCH_ENCODER=triton, PostgreSQL); otherwise embedded (in-process "
             "shards over the manifest in MEDIASEARCH_DATABASE_URL, the local encoder). Stops cleanly "
             "on Ctrl-C or SIGTERM."
@@ -28,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Prometheus port; 0 picks a free one (MEDIASEARCH_GATEWAY_METRICS_PORT)",
     )
     p.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback address without API keys (anyone who reaches it can search)",
+    )
     p.set_defaults(func=run)
 
 
@@ -37,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.gateway.app import Gateway, serve_gateway
     from mediasearch.requestlog import configure_logging
 
-    settings = settings.with_overrides(gateway_host=args.host)
+    settings = settings.with_overrides(gateway_host=args.host, gateway_insecure=args.insecure or None)
     level = "DEBUG" if args.verbose else settings.log_level
     configure_logging(logging.getLevelNamesMapping()[level], json_lines=settings.gateway_log_json)
 

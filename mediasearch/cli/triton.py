@@ -57,6 +57,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         binary=args.tritonserver,
         backend_directory=args.backend_directory,
         log_file=args.log_file,
+        tls_cert=settings.internal_tls_cert,  # MEDIASEARCH_INTERNAL_TLS_CERT/KEY: gRPC over TLS
+        tls_key=settings.internal_tls_key,
     )
 
     def ready(server: LocalTriton) -> None:

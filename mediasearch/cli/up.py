@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-indexer", action="store_true", help="start neither `mediasearch indexer` nor the compactor"
     )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="require API keys as a production gateway does; an admin key is made and printed",
+    )
     p.set_defaults(func=run)
 
 
@@ -47,15 +52,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         free_ports=args.free_ports,
         indexer=not args.no_indexer,
         compactor=not args.no_indexer,  # it merges what the indexer writes
+        auth=args.auth,
         **{k: v for k, v in given.items() if v is not None},
     )
 
     def ready(info: dict[str, Any]) -> None:
+        key = f" --api-key {info['api_key']}" if info.get("api_key") else ""
         print(
             f"cluster up: gateway {info['gateway']} · metrics {info['metrics']} · triton {info['triton']}\n"
             f"  put images into s3://{info['bucket']} at {info['s3_endpoint']} (AWS keys: testing/testing);"
             f" logs in {info['logs']}/\n"
-            f'  try: mediasearch query "two red circles" --sheet results.png  ·  Ctrl-C stops everything',
+            f'  try: mediasearch query "two red circles"{key} --sheet results.png\n'
+            "  Ctrl-C stops everything",
             flush=True,
         )
 

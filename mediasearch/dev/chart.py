@@ -40,6 +40,7 @@ KUBERNETES_VERSION = "1.30.0"
 EXAMPLE_VALUES: dict[str, Any] = {
     "database": {"existingSecret": "mediasearch-database"},
     "gateway": {"tokenSecret": {"existingSecret": "mediasearch-gateway"}},
+    "tests": {"apiKey": {"existingSecret": "mediasearch-test-key"}},
     "model": {"repository": "s3://example-models/clip-vit-b-32"},
     "index": {"segmentStoreUrl": "s3://example-index/segments"},
     "indexer": {"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/mediasearch-events"},

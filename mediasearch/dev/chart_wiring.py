@@ -40,6 +40,7 @@ from mediasearch.errors import Unavailable
 log = logging.getLogger(__name__)
 SECRETS_DATABASE = "mediasearch-database"
 SECRETS_TOKEN = "mediasearch-gateway"
+SECRETS_TEST_KEY = "mediasearch-test-key"
 _VAR = re.compile(r"\$\(([A-Z_][A-Z0-9_]*)\)")
 
 
@@ -124,6 +125,7 @@ class Wiring:
             SECRETS_TOKEN: {"token-secret": "wiring-test-token-secret"},
         }
         self.addresses: dict[str, str] = {}  # DNS name -> 127.0.0.x
+        self.api_key = ""  # made after the migration hook
         self.triton: LocalTriton | None = None
         self.pods: list[Pod] = []
 
@@ -282,12 +284,27 @@ class Wiring:
         self.triton = LocalTriton(options).start()
         self._wait_probes(address, container, "triton")
 
+    def _create_api_key(self) -> None:
+        """What docs/deploy.md has the operator do after the first install: a search key, kept in the
+        Secret that ``helm test`` reads (the wiring test searches with it too)."""
+        from mediasearch.metadata.api_keys import create_key
+        from mediasearch.metadata.db import make_engine, session_factory
+
+        engine = make_engine(self.secrets[SECRETS_DATABASE]["url"])
+        try:
+            with session_factory(engine).begin() as session:
+                self.api_key = create_key(session, "helm-test", ["search"])
+        finally:
+            engine.dispose()
+        self.secrets[SECRETS_TEST_KEY] = {"api-key": self.api_key}
+
     # -- the release ---------------------------------------------------------------------------
     def start(self) -> None:
         self._assign_addresses()
         for job in self._kind("Job"):  # the pre-install hook
             if "pre-install" in job["metadata"].get("annotations", {}).get("helm.sh/hook", ""):
                 self._start_pod_once(job)
+        self._create_api_key()
         for deployment in self._kind("Deployment"):
             if deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("nvcr.io/"):
                 self._start_triton(deployment)
@@ -370,7 +387,8 @@ class Wiring:
         gateway = next(s for s in self._kind("Service") if s["metadata"]["name"].endswith("-gateway"))
         port = gateway["spec"]["ports"][0]["port"]
         self.bucket.put("photos/wiring.jpg", image, "image/jpeg")
-        with SearchClient(f"{self.addresses[gateway['metadata']['name']]}:{port}", timeout_s=10) as client:
+        address = f"{self.addresses[gateway['metadata']['name']]}:{port}"
+        with SearchClient(address, timeout_s=10, api_key=self.api_key) as client:
             client.wait_ready()
             deadline = time.monotonic() + 120
             while not any(r.key == "photos/wiring.jpg" for r in client.search_text(caption, top_k=5).results):

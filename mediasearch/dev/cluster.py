@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -62,6 +63,9 @@ class ClusterOptions:
     shard_workers: int = DEFAULTS.shard_workers
     triton_threads: int = 1  # ONNX Runtime threads per Triton model (0: the cores)
     env: Mapping[str, str] = field(default_factory=dict)  # more MEDIASEARCH_* for every service
+    # API keys: off on this loopback cluster unless asked; with auth, an admin key is made at start
+    # and written to cluster.json ("api_key") for the tools that drive the cluster
+    auth: bool = False
 
 
 @dataclass
@@ -89,6 +93,7 @@ class DevCluster:
                 endpoint, IMAGE_BUCKET, queue=QUEUE, max_receives=5, also=(SEGMENT_BUCKET,)
             )
             prepare_database(o.database_url)
+            api_key = self._admin_key() if o.auth else None
             self.triton = LocalTriton(self._triton_options()).start()
             env = self._service_env(endpoint, bucket.queue_url, shard_ports, gateway_port, metrics_port)
             servers = {}
@@ -119,9 +124,17 @@ class DevCluster:
             "segment_store_url": env["MEDIASEARCH_SEGMENT_STORE_URL"],
             "pids": self.pids(),
             "logs": str(o.workdir.resolve()),
+            "api_key": api_key,
         }
         self.write_info()
         return self.info
+
+    def _admin_key(self) -> str:
+        from mediasearch.metadata.api_keys import create_key
+        from mediasearch.metadata.db import migrated_engine, session_factory
+
+        with migrated_engine(self.options.database_url) as engine, session_factory(engine).begin() as session:
+            return create_key(session, f"dev-cluster-{secrets.token_hex(4)}", ["admin"])
 
     def _triton_options(self) -> TritonOptions:
         o, s = self.options, self.settings
@@ -158,6 +171,10 @@ class DevCluster:
             "GATEWAY_PORT": str(gateway_port),
             "GATEWAY_METRICS_PORT": str(metrics_port),
             "SHARD_ADDRESSES": json.dumps([f"127.0.0.1:{p}" for p in shard_ports]),
+            # cluster mode has no default for these: a page-token key for this cluster's lifetime
+            "GATEWAY_TOKEN_SECRET": secrets.token_urlsafe(32),
+            "GATEWAY_PRESIGN_URLS": "true",
+            "GATEWAY_AUTH": "required" if o.auth else "off",
         }
         return {**emulated_aws.ENV, **{f"MEDIASEARCH_{k}": v for k, v in settings.items()}, **o.env}
 
@@ -171,6 +188,7 @@ class DevCluster:
         self.info["pids"] = self.pids()
         path = self.options.workdir / "cluster.json"
         tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)  # it may hold the cluster's admin key
         tmp.write_text(json.dumps(self.info, indent=1))
         tmp.replace(path)
 

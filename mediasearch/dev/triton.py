@@ -56,6 +56,8 @@ class TritonOptions:
     binary: Path | None = None
     backend_directory: Path | None = None
     log_file: Path | None = None  # kept after stop; by default the log lives (and dies) with the server
+    tls_cert: Path | None = None  # gRPC over TLS (Triton's own --grpc-use-ssl); HTTP stays plaintext
+    tls_key: Path | None = None
 
 
 class LocalTriton:
@@ -174,6 +176,12 @@ class LocalTriton:
             "--exit-on-error=true",
             "--strict-readiness=true",
         ]
+        if o.tls_cert and o.tls_key:
+            args += [
+                "--grpc-use-ssl=true",
+                f"--grpc-server-cert={Path(o.tls_cert).resolve()}",
+                f"--grpc-server-key={Path(o.tls_key).resolve()}",
+            ]
         if o.flavour != "gpu":  # the GPU flavour is the default config.pbtxt
             args.append(f"--model-config-name={o.flavour}")
         assert self.log_path is not None

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from mediasearch.errors import ImageError
 from mediasearch.model_manifest import ModelManifest
-from mediasearch.preprocess.image import ImageSpec, prepare_image
+from mediasearch.preprocess.image import DecodeLimits, ImageSpec, max_decode_bytes, prepare_image
 from mediasearch.preprocess.text import TextTokenizer
 from mediasearch.settings import FromSettings, Settings
 
@@ -57,11 +57,16 @@ class ImageEmbeddings:
 
 @dataclass(frozen=True)
 class ImageLimits(FromSettings):
-    """What images are accepted, and how many decode at once."""
+    """What images are accepted, and how many decode at once.
+
+    One decode takes at most :meth:`decode_bytes` of memory
+    (:func:`~mediasearch.preprocess.image.max_decode_bytes`); all of them, ``decode_threads`` times that.
+    """
 
     max_bytes: int
     max_pixels: int
     decode_threads: int
+    max_aspect: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageLimits:
@@ -69,7 +74,16 @@ class ImageLimits(FromSettings):
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             decode_threads=settings.image_decode_threads,
+            max_aspect=settings.max_image_aspect,
         )
+
+    @property
+    def decode(self) -> DecodeLimits:
+        return DecodeLimits(self.max_bytes, self.max_pixels, self.max_aspect)
+
+    def decode_bytes(self, spec: ImageSpec) -> int:
+        """The most memory one image's decode and preprocessing take under these limits."""
+        return max_decode_bytes(self.decode, spec.resize)
 
 
 class Encoder(ABC):
@@ -140,6 +154,8 @@ class Encoder(ABC):
         return ImageEmbeddings(vectors, errors)
 
     async def _prepare(self, data: bytes) -> NDArray[np.uint8] | ImageError:
+        # Cancelled (a passed deadline), a queued decode never starts; a running one cannot be
+        # interrupted and ends within its bounds (preprocess/image.py's module doc).
         if self._decode_pool is None:
             raise RuntimeError(f"{type(self).__name__}.start() was not awaited")
         loop = asyncio.get_running_loop()
@@ -149,9 +165,14 @@ class Encoder(ABC):
             return exc
 
     def _prepare_sync(self, data: bytes) -> NDArray[np.uint8]:
+        limits = self.limits
         try:
             return prepare_image(
-                data, self.image_spec, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels
+                data,
+                self.image_spec,
+                max_bytes=limits.max_bytes,
+                max_pixels=limits.max_pixels,
+                max_aspect=limits.max_aspect,
             )
         except ImageError:
             raise

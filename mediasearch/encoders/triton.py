@@ -65,6 +65,7 @@ class TritonClientOptions(FromSettings):
     max_wait_s: float
     backoff_s: float = 0.05  # first pause before a retry; doubles each time
     max_inflight: int = 2  # coalesced text requests in flight at once
+    tls_ca: Path | None = None  # set: gRPC over TLS, Triton's certificate checked against this CA
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClientOptions:
@@ -76,6 +77,7 @@ class TritonClientOptions(FromSettings):
             pass_cost_tokens=settings.encoder_pass_cost_tokens,
             client_batching=settings.triton_client_batching,
             max_wait_s=settings.encoder_max_wait_ms / 1000.0,
+            tls_ca=settings.internal_tls_ca,
         )
 
 
@@ -104,7 +106,10 @@ class TritonEncoder(ExportedModelEncoder):
         await super().start()
         if self._client is not None:
             return
-        self._client = grpcaio.InferenceServerClient(self.url)
+        ca = self.options.tls_ca
+        self._client = grpcaio.InferenceServerClient(
+            self.url, ssl=ca is not None, root_certificates=str(ca) if ca else None
+        )
         try:
             for spec in (self.manifest.text, self.manifest.vision):
                 await self._check_model(spec)

@@ -6,6 +6,7 @@ SQLAlchemy code. sqlalchemy errors are translated into the project's tree here a
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql"):
         kwargs.setdefault("pool_pre_ping", True)  # latency-critical readers may turn it off
         return create_engine(url, **kwargs)
-    raise ConfigError(f"database URL {url!r}: use sqlite:///<file> or postgresql://...")
+    raise ConfigError(f"database URL {redact_url(url)!r}: use sqlite:///<file> or postgresql://...")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

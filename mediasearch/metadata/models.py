@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 LIVE = "live"
@@ -89,3 +89,26 @@ class ImageRow(Base):
         Index("ix_images_status", "status"),
         Index("ix_images_created", "created"),
     )
+
+
+# -- API keys (the gateway's callers) -------------------------------------------------------
+SCOPES = ("search", "admin")
+
+
+class ApiKeyRow(Base):
+    """One API key. Only its SHA-256 is stored (keys are 256 random bits: no salt or slow hash
+    needed, and a lookup stays one dictionary probe); ``prefix`` is its first characters, shown by
+    ``keys list`` so a leaked key can be recognised. ``revoked`` set: refused from then on."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(_ImageId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    rate_rps: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: the setting's
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

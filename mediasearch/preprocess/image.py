@@ -8,21 +8,86 @@ wire to Triton, and one less place where normalisation could be done differently
 The resize and crop follow CLIP's reference processor (transformers' ``CLIPImageProcessor``):
 the short side goes to ``resize`` pixels with PIL's bicubic filter, the long side to
 ``int(resize * long / short)``, then a centre crop with the top-left offset ``(dim - crop) // 2``.
+
+Bounded work (security issue 14). Images are untrusted; before a pixel is allocated, a decode is
+bounded by:
+
+- the encoded size (``max_image_bytes``), the formats (:data:`FORMATS`), and the header's shape:
+  Pillow walks JPEG markers, PNG chunks and PNM headers in Python, so floods of them are refused
+  first (before: 40 MB of 0xFF after a JPEG's SOI took 33 s, 4M empty PNG chunks 16 s, a 48 MB
+  ASCII PPM 10 s). A progressive JPEG may have 32 scans (libjpeg revisits every block per scan).
+- the declared size: pixels (``max_image_pixels``) and aspect ratio (``max_image_aspect``). Before,
+  a 1 x 60,000,000 PNG (117 kB) took 7.3 s and 1.3 GB; a 74-byte truncated one 1.3 s and 1.2 GB.
+  The aspect limit (500:1) refuses such strips and keeps rows few (Pillow's per-row cost); banners,
+  1-pixel rules and the reference's own 10000 x 20 test strip still decode, and since only the
+  crop's window of a long image is resized (below), they cost no more than a square image.
+- what the data can hold: a PNG whose compressed data is too short for the image it declares
+  (deflate expands at most 1032 times) is refused unread. A JPEG's scan cannot be judged so (zeros
+  are valid scan data); its cost is bounded by the pixels and the DCT scaling below.
+- memory: the decoder's buffers (progressive JPEG coefficients, WebP canvases, TIFF strips, BMP RLE)
+  and Pillow's image may take :data:`BYTES_PER_PIXEL` x ``max_image_pixels`` (a 64 Mpx WebP needs
+  16 bytes a pixel: WebPs get half the pixels). After the decode, conversions run in strips holding
+  one full-size copy at a time, and an image longer than 20:1 is resized only in the crop's window,
+  so the resized image before the crop is at most ``resize x 20 * resize``.
+
+:func:`max_decode_bytes` is the most one decode takes: the encoded bytes + the metadata Pillow keeps
+(at most the encoded bytes, or 64 MiB of PNG text) + 8 bytes x ``max_image_pixels`` + 480 x
+``resize``^2 (the resize) + 5 MiB (a strip). At the defaults (50 MiB, 64 Mpx, 224) that is 630 MiB.
+Measured (``python -m bench.decode_memory``, 2 cores): the costliest accepted images peak at
+495 MiB over the baseline (a 400:1 RGBA PNG, a 16-bit RGBA PNG, a transparent palette PNG, all
+64 Mpx; a 32 Mpx WebP 482 MiB). After a large decode, freed memory goes back to the OS
+(``malloc_trim``): 20 such images on 4 threads (peak 1.5-1.7 GiB) left RSS at 190-230 MiB over a
+60 MiB baseline instead of 275-470 MiB; the rest is glibc's per-thread arenas, which
+``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment returns too (65 MiB; the burst 15-25% slower).
+
+Large images are reduced while decoding (:func:`prepare_image`): JPEGs by DCT scaling
+(``Image.draft``), then any format by ``Image.reduce`` (box averaging, alpha premultiplied), never
+below twice the resize target; the bicubic resize then maps the same source box. An image whose
+short side is under 4 x ``resize`` takes the exact path, identical to the reference up to 20:1
+(beyond, the windowed resize is within 2/255 of it, on under 1% of the values). On scikit-image's
+astronaut, chelsea and coffee upscaled to 12 Mpx (4000 x 3000) the reduced path differs from the
+exact one by at most 3/255 (mean 0.2/255) as JPEG q95 and 6/255 (mean 0.3/255) as PNG, and is 5x
+(JPEG) and 1.3x (PNG) faster; issue 16 measures the effect on embeddings.
+
+Time: decoding runs in worker threads that cannot be interrupted, so these bounds are what ends the
+work after a deadline. A refusal takes under 30 ms and 1 MB (the slowest: walking a JPEG's 40 MB of
+padding). The slowest accepted input is a 64 Mpx 16-bit RGBA PNG with Paeth filters: 1.6-2.5 s on
+these 2 cores; a 64 Mpx JPEG of 50 MB takes 0.35 s, a 12 Mpx photo 30 ms (JPEG) to 260 ms (PNG).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
+import math
+import re
+import struct
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import PIL
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from mediasearch.errors import ImageError
-from mediasearch.settings import Settings
+from mediasearch.settings import FromSettings, Settings
+
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")  # the indexer's list (JPEG includes MPO)
+BYTES_PER_PIXEL = 8  # a decode's memory budget per pixel of max_image_pixels
+WINDOW_ASPECT = 20  # longer resized images are resized only in the crop's window
+TRIM_BYTES = 32 << 20  # decodes this large hand freed memory back to the OS (malloc_trim)
+JPEG_MAX_SEGMENTS, JPEG_MAX_SKIPPED, JPEG_MAX_SCANS = 4096, 64 << 10, 32
+PNG_MAX_CHUNKS, PNM_HEADER_BYTES, PNM_PLAIN_MAX_BYTES = 16_384, 4096, 1 << 20
+STRIP_PIXELS = 1 << 18  # conversions run a strip of this many pixels at a time
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I")
+_BICUBIC = Image.Resampling.BICUBIC
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -35,92 +100,86 @@ class ImageSpec:
     std: tuple[float, float, float]
 
 
+@dataclass(frozen=True)
+class DecodeLimits(FromSettings):
+    """What an image may be (``MEDIASEARCH_MAX_IMAGE_BYTES``, ``..._PIXELS``, ``..._ASPECT``)."""
+
+    max_bytes: int
+    max_pixels: int
+    max_aspect: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        return cls(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_aspect)
+
+
+def max_decode_bytes(limits: DecodeLimits, resize: int = 224) -> int:
+    """The most memory one image's decode and preprocessing take under ``limits`` (module doc)."""
+    metadata = max(limits.max_bytes, PngImagePlugin.MAX_TEXT_MEMORY)
+    buffers = 24 * resize * resize * WINDOW_ASPECT + 20 * STRIP_PIXELS  # the resize's and a strip's
+    return limits.max_bytes + metadata + BYTES_PER_PIXEL * limits.max_pixels + buffers
+
+
 def decode_image(
     data: bytes,
     *,
     max_bytes: int | None = None,
     max_pixels: int | None = None,
+    max_aspect: float | None = None,
 ) -> Image.Image:
-    """Decode encoded image bytes into an upright RGB image.
+    """Decode encoded image bytes into an upright, full-size RGB image.
 
     EXIF orientation is applied; grayscale, CMYK, palette and alpha images become RGB (transparency is
     composited onto white, as CLIP's reference processor does). Refuses, with :class:`ImageError`:
-    empty or oversized input, non-images, truncated or corrupt files, and decompression bombs
-    (more than ``max_pixels`` pixels, checked from the header before any pixel is decoded).
-    Unset limits are the settings' defaults (``MEDIASEARCH_MAX_IMAGE_BYTES``, ``..._PIXELS``).
+    empty or oversized input, non-images and formats not in :data:`FORMATS`, truncated or corrupt
+    files, decompression bombs (more than ``max_pixels`` pixels, checked from the header before any
+    pixel is decoded), extreme aspect ratios and header floods. Unset limits are the settings'
+    defaults. :func:`prepare_image` is cheaper for large images: it decodes them reduced.
     """
-    defaults = Settings.defaults()
-    max_bytes = defaults.max_image_bytes if max_bytes is None else max_bytes
-    max_pixels = defaults.max_image_pixels if max_pixels is None else max_pixels
-    if not data:
-        raise ImageError("empty image: 0 bytes")
-    if len(data) > max_bytes:
-        raise ImageError(f"image too large: {len(data)} bytes (limit {max_bytes})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image has {width}x{height} = {width * height} pixels (limit {max_pixels}); "
-                    "refused as a possible decompression bomb"
-                )
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except ImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageError("not an image, or an image format Pillow cannot read") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"refused as a possible decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow reports truncated and corrupt data as OSError ("image file is truncated", ...).
-        raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    return _to_rgb(img)
+    limits = _limits(max_bytes, max_pixels, max_aspect)
+    with _bounded() as work:
+        return _decode(data, limits, work)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.
-        arr = np.asarray(img, dtype=np.float64)
-        peak = float(arr.max()) or 1.0
-        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        # Transparent pixels carry arbitrary colour; show them on white, as the reference does.
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img.convert("RGB")
+def resize_center_crop(
+    img: Image.Image, resize: int, crop: int, *, max_aspect: float | None = None
+) -> NDArray[np.uint8]:
+    """Shortest side to ``resize`` (bicubic), centre crop ``crop`` x ``crop``; uint8 HWC RGB.
 
-
-def resize_center_crop(img: Image.Image, resize: int, crop: int) -> NDArray[np.uint8]:
-    """Shortest side to ``resize`` (bicubic), centre crop ``crop`` x ``crop``; uint8 HWC RGB."""
-    if img.mode != "RGB":
-        img = _to_rgb(img)
-    width, height = img.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = resize, int(resize * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.uint8)
-    if new_h < crop or new_w < crop:  # only when crop > resize: pad with zeros like the reference
-        padded = np.zeros((max(new_h, crop), max(new_w, crop), 3), dtype=np.uint8)
-        top, left = (padded.shape[0] - new_h) // 2, (padded.shape[1] - new_w) // 2
-        padded[top : top + new_h, left : left + new_w] = arr
-        arr, new_h, new_w = padded, padded.shape[0], padded.shape[1]
-    top, left = (new_h - crop) // 2, (new_w - crop) // 2
-    return np.ascontiguousarray(arr[top : top + crop, left : left + crop])
+    An image at least 4 x ``resize`` on its short side is first reduced by an integer factor (never
+    below 2 x ``resize``); images with an aspect ratio over ``max_aspect`` are refused.
+    """
+    _check_aspect(*img.size, _limits(None, None, max_aspect).max_aspect)
+    reduced, box = _reduce(_reducible(img, resize), (0, 0, *img.size), resize)
+    return _resize_crop(_to_rgb(reduced), img.size, None if reduced is img else box, resize, crop)
 
 
 def prepare_image(
-    data: bytes, spec: ImageSpec, *, max_bytes: int | None = None, max_pixels: int | None = None
+    data: bytes,
+    spec: ImageSpec,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+    max_aspect: float | None = None,
 ) -> NDArray[np.uint8]:
     """Encoded bytes -> the vision tower's uint8 HWC input (decode, orient, RGB, resize, crop)."""
-    image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    return resize_center_crop(image, spec.resize, spec.crop)
+    limits = _limits(max_bytes, max_pixels, max_aspect)
+    with _bounded() as work:  # trims once the images are gone: this frame holds none
+        return _prepare(data, spec, limits, work)[0]
+
+
+def prepare_image_with_size(
+    data: bytes,
+    spec: ImageSpec,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+    max_aspect: float | None = None,
+) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    """:func:`prepare_image` and the image's upright (width, height) as stored (for the indexer)."""
+    limits = _limits(max_bytes, max_pixels, max_aspect)
+    with _bounded() as work:
+        return _prepare(data, spec, limits, work)
 
 
 def normalize(pixels: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]) -> NDArray[np.float32]:
@@ -131,3 +190,417 @@ def normalize(pixels: NDArray[np.uint8], mean: Sequence[float], std: Sequence[fl
     x = pixels.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def _decode(data: bytes, limits: DecodeLimits, work: _Work) -> Image.Image:
+    with _translated_errors():
+        img = _open(data, limits)
+        work.bytes = _check_memory(img, limits, img.size)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when it stays as it is
+        return _to_rgb(img)
+
+
+def _prepare(
+    data: bytes, spec: ImageSpec, limits: DecodeLimits, work: _Work
+) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    with _translated_errors():
+        img = _open(data, limits)
+        size = img.size
+        if min(size) < 4 * spec.resize:  # the exact path: as the reference does it
+            work.bytes = _check_memory(img, limits, size)
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return _resize_crop(_to_rgb(img), img.size, None, spec.resize, spec.crop), img.size
+        box = _draft(img, spec.resize)
+        work.bytes = _check_memory(img, limits, size)
+        img.load()
+        method = _EXIF_TRANSPOSE.get(img.getexif().get(0x0112, 1))  # what exif_transpose would do
+        img = _reducible(img, spec.resize)
+        img, box = _reduce(img, box, spec.resize)
+        img = _to_rgb(img)
+        if method is not None:
+            box = _transpose_box(box, img.size, method)
+            img = img.transpose(method)
+            size = size if method in _KEEPS_AXES else (size[1], size[0])
+        return _resize_crop(img, size, box, spec.resize, spec.crop), size
+
+
+# -- refusing before decoding ---------------------------------------------------------------------
+def _limits(max_bytes: int | None, max_pixels: int | None, max_aspect: float | None) -> DecodeLimits:
+    d = DecodeLimits.from_settings(Settings.defaults())
+    return DecodeLimits(
+        d.max_bytes if max_bytes is None else max_bytes,
+        d.max_pixels if max_pixels is None else max_pixels,
+        d.max_aspect if max_aspect is None else max_aspect,
+    )
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    if not data:
+        raise ImageError("empty image: 0 bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"image too large: {len(data)} bytes (limit max_image_bytes = {limits.max_bytes})")
+    png_data = _check_structure(data)
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own, larger
+        raise ImageError(
+            f"{exc} (limit max_image_pixels = {limits.max_pixels}); refused as a possible decompression bomb"
+        ) from exc
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"image has {width}x{height} = {width * height} pixels (limit max_image_pixels = "
+            f"{limits.max_pixels}); refused as a possible decompression bomb"
+        )
+    _check_aspect(width, height, limits.max_aspect)
+    if png_data is not None and data[12:16] == b"IHDR":
+        _check_png_data(data, png_data)
+    return img
+
+
+def _check_aspect(width: int, height: int, max_aspect: float) -> None:
+    if min(width, height) < 1:
+        raise ImageError(f"image declares {width}x{height} pixels")
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect:
+        raise ImageError(
+            f"image is {width}x{height}: aspect ratio {aspect:.4g}:1 (limit max_image_aspect = "
+            f"{max_aspect:g}); the model's centre crop would see {100 / aspect:.2g}% of it"
+        )
+
+
+def _check_structure(data: bytes) -> int | None:
+    """Refuse header floods Pillow would walk in Python; for a PNG, its compressed data's length."""
+    if data.startswith(b"\xff\xd8\xff"):
+        _check_jpeg(data)
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_data_bytes(data)
+    elif data[:1] == b"P" and data[1:2] in b"1234567fF" and len(data) > 2:
+        _check_pnm(data)
+    return None
+
+
+_NOT_FF, _FF = re.compile(rb"[^\xff]*"), re.compile(rb"\xff*")
+_NO_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})  # stuffed byte, TEM, RSTn, SOI, EOI
+
+
+def _check_jpeg(data: bytes) -> None:
+    pos, skipped, segments = 2, 0, 0
+    while pos < len(data):
+        end = _NOT_FF.match(data, pos).end()  # type: ignore[union-attr]
+        fill = _FF.match(data, end).end()  # type: ignore[union-attr]
+        skipped += end - pos + max(fill - end - 1, 0)  # junk, and 0xFF fill before a marker
+        if skipped > JPEG_MAX_SKIPPED:
+            raise ImageError(f"JPEG header padded with over {JPEG_MAX_SKIPPED} bytes between markers")
+        if fill >= len(data):
+            return
+        marker, pos = data[fill], fill + 1
+        if marker == 0xDA:  # start of scan: the header ends; the scans follow, up to the EOI
+            eoi = data.find(b"\xff\xd9", pos + int.from_bytes(data[pos : pos + 2], "big"))
+            scans = data.count(b"\xff\xda", fill - 1, len(data) if eoi < 0 else eoi)
+            if scans > JPEG_MAX_SCANS:
+                raise ImageError(f"JPEG has {scans} scans (limit {JPEG_MAX_SCANS})")
+            return
+        if marker not in _NO_LENGTH:
+            segments += 1
+            if segments > JPEG_MAX_SEGMENTS:
+                raise ImageError(f"JPEG header has over {JPEG_MAX_SEGMENTS} segments")
+            pos += int.from_bytes(data[pos : pos + 2], "big")
+
+
+def _png_data_bytes(data: bytes) -> int:
+    pos, chunks, idat = 8, 0, 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        chunks += 1
+        if chunks > PNG_MAX_CHUNKS:
+            raise ImageError(f"PNG has over {PNG_MAX_CHUNKS} chunks")
+        if kind == b"IDAT":
+            idat += min(length, len(data) - pos - 8)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    return idat
+
+
+def _check_png_data(data: bytes, idat: int) -> None:
+    """Deflate expands at most 1032:1; every row is a filter byte and its samples (Adam7: more)."""
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    needed = height + width * height * depth * {2: 3, 4: 2, 6: 4}.get(colour, 1) // 8
+    if idat * 1032 + 1024 < needed:
+        raise ImageError(
+            f"truncated PNG: {idat} bytes of compressed data cannot hold the {width}x{height} image it "
+            f"declares ({needed} bytes; deflate expands at most 1032 times)"
+        )
+
+
+_PNM_TOKEN = re.compile(rb"(?>\s|#[^\r\n]*+)*+[^\s#]++")
+
+
+def _check_pnm(data: bytes) -> None:
+    if data[1:2] in b"123" and len(data) > PNM_PLAIN_MAX_BYTES:  # Pillow parses ASCII PNM in Python
+        raise ImageError(f"ASCII PNM over {PNM_PLAIN_MAX_BYTES} bytes (decoded in Python: slow)")
+    pos = 2
+    for _ in range(2 if data[1:2] in b"14" else 3):
+        m = _PNM_TOKEN.match(data, pos, PNM_HEADER_BYTES)
+        if m is None:
+            raise ImageError(f"PNM header longer than {PNM_HEADER_BYTES} bytes")
+        pos = m.end()
+
+
+def _check_memory(img: Image.Image, limits: DecodeLimits, full: tuple[int, int]) -> int:
+    """Refuse a decode whose image and decoder buffers exceed the budget; ``full`` is the size before
+    DCT scaling. Returns an estimate of the decode's peak (for :func:`_release_freed_memory`)."""
+    pixels, bands = img.width * img.height, len(img.getbands())
+    stored = 4 if bands > 1 or img.mode in ("I", "F") else 2 if img.mode in _WIDE_GRAY else 1
+    extra, info = 0, img.info
+    if img.format in ("JPEG", "MPO") and info.get("progressive"):  # the coefficients, 2 bytes each
+        layers: list[tuple[int, int, int, int]] = getattr(img, "layer", [])
+        hv = max((c[1] * c[2] for c in layers), default=0) or 1  # libjpeg refuses 0 factors itself
+        extra = int(2 * full[0] * full[1] * sum(c[1] * c[2] / hv for c in layers))
+    elif img.format == "WEBP":
+        extra = 12 * pixels  # libwebp's canvases and the copy Pillow reads from
+    elif img.format == "TIFF" and img.tag_v2.get(259, 1) != 1:  # type: ignore[attr-defined]
+        extra = 2 * _tiff_strip_bytes(img.tag_v2, img.width, img.height)  # type: ignore[attr-defined]
+    elif img.format == "BMP" and info.get("compression") in (1, 2):
+        extra = 2 * pixels  # Pillow's RLE decoder collects the pixels in Python bytes
+    needed, budget = stored * pixels + extra, BYTES_PER_PIXEL * limits.max_pixels
+    if needed > budget:
+        raise ImageError(
+            f"decoding this {img.width}x{img.height} {img.format} image takes about {needed >> 20} MiB "
+            f"(limit {budget >> 20} MiB: {BYTES_PER_PIXEL} bytes x max_image_pixels)"
+        )
+    return needed + 4 * pixels
+
+
+def _tiff_strip_bytes(tags: Any, width: int, height: int) -> int:
+    """The buffer libtiff decodes a compressed strip (or tile) into."""
+    bits = tags.get(258, (8,))
+    bits = max(bits[0] if isinstance(bits, tuple) else bits, 8)
+    area = min(tags.get(322, width), width) * min(tags.get(323, tags.get(278, height)), height)
+    return int(area * int(tags.get(277, 1)) * bits // 8)
+
+
+# -- reduced decoding -----------------------------------------------------------------------------
+def _draft(img: Image.Image, resize: int) -> Box:
+    """JPEG: DCT-scale the decode (1/2, 1/4, 1/8) keeping the short side >= 2 x ``resize``. Returns
+    the original image's extent in the decoded image's coordinates."""
+    width, height = img.size
+    short = min(width, height)
+    if img.format in ("JPEG", "MPO"):
+        wanted = (math.ceil(width * 2 * resize / short), math.ceil(height * 2 * resize / short))
+        drafted = img.draft(None, wanted)
+        if drafted is not None:
+            return drafted[1]
+    return (0, 0, width, height)
+
+
+def _reducible(img: Image.Image, resize: int) -> Image.Image:
+    """An image :func:`_reduce` will reduce, as the same pixels in a mode that box averaging treats
+    right (L, LA, RGB, RGBA). Callers drop the original: then one full-size copy exists at a time."""
+    if min(img.size) < 4 * resize:
+        return img
+    if img.mode in _WIDE_GRAY:
+        img = _scale_to_l(img)
+    if img.mode in ("LA", "RGBA", "PA") or img.info.get("transparency") is not None:
+        return img if img.mode in ("LA", "RGBA") else img.convert("RGBA")
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def _reduce(img: Image.Image, box: Box, resize: int) -> tuple[Image.Image, Box]:
+    """Box-average by the largest integer factor that keeps the short side >= 2 x ``resize``."""
+    factor = min(img.size) // (2 * resize)
+    if factor < 2:
+        return img, box
+    if img.mode in ("RGBA", "LA"):  # average premultiplied colour, as Image.reduce does
+        img = img.convert({"RGBA": "RGBa", "LA": "La"}[img.mode]).reduce(factor).convert(img.mode)
+    else:
+        img = img.reduce(factor)
+    return img, (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor)
+
+
+_T = Image.Transpose
+_KEEPS_AXES = (_T.FLIP_LEFT_RIGHT, _T.FLIP_TOP_BOTTOM, _T.ROTATE_180)
+_EXIF_TRANSPOSE = {
+    2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+    6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90,
+}  # fmt: skip
+
+
+def _transpose_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
+    (x0, y0, x1, y1), (w, h) = box, size
+    return {
+        _T.FLIP_LEFT_RIGHT: (w - x1, y0, w - x0, y1),
+        _T.FLIP_TOP_BOTTOM: (x0, h - y1, x1, h - y0),
+        _T.ROTATE_180: (w - x1, h - y1, w - x0, h - y0),
+        _T.TRANSPOSE: (y0, x0, y1, x1),
+        _T.ROTATE_90: (y0, w - x1, y1, w - x0),
+        _T.ROTATE_270: (h - y1, x0, h - y0, x1),
+        _T.TRANSVERSE: (h - y1, w - x1, h - y0, w - x0),
+    }[method]
+
+
+# -- conversions (strip by strip: one full-size copy at a time) and the resize --------------------
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_GRAY:
+        img = _scale_to_l(img)
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        return _on_white(img)
+    return img.convert("RGB")
+
+
+def _strips(img: Image.Image) -> Iterator[tuple[int, int, int, int]]:
+    rows = max(1, STRIP_PIXELS // img.width)
+    for top in range(0, img.height, rows):
+        yield (0, top, img.width, min(img.height, top + rows))
+
+
+def _scale_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white."""
+    peak = float(max(np.asarray(img.crop(s)).max() for s in _strips(img))) or 1.0
+    out = np.empty((img.height, img.width), dtype=np.uint8)
+    for s in _strips(img):
+        out[s[1] : s[3]] = np.clip(np.asarray(img.crop(s), dtype=np.float64) * (255.0 / peak), 0, 255)
+    return Image.fromarray(out)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Transparent pixels carry arbitrary colour; show them on white, as the reference does."""
+    out = Image.new("RGB", img.size)
+    for s in _strips(img):
+        rgba = img.crop(s).convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(white, rgba).convert("RGB"), s[:2])
+    return out
+
+
+def _resize_crop(
+    img: Image.Image, size: tuple[int, int], box: Box | None, resize: int, crop: int
+) -> NDArray[np.uint8]:
+    """Resize ``box`` of ``img`` (``size`` before any reduction) as the reference resizes the whole
+    image, then centre-crop (zero-padding when ``crop > resize``, as the reference)."""
+    width, height = size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if new_long > WINDOW_ASPECT * resize:  # resize only the crop's window
+        left, top = max(0, (new_w - crop) // 2), max(0, (new_h - crop) // 2)
+        window = (left, top, min(new_w, left + crop), min(new_h, top + crop))
+        img = _resize_window(img, box or (0, 0, *img.size), (new_w, new_h), window)
+        new_w, new_h = img.size
+    elif box is not None:
+        img = img.resize((new_w, new_h), resample=_BICUBIC, box=box)
+    elif (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), resample=_BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)
+    if new_h < crop or new_w < crop:  # only when crop > resize: pad with zeros like the reference
+        padded = np.zeros((max(new_h, crop), max(new_w, crop), 3), dtype=np.uint8)
+        top, left = (padded.shape[0] - new_h) // 2, (padded.shape[1] - new_w) // 2
+        padded[top : top + new_h, left : left + new_w] = arr
+        arr, new_h, new_w = padded, padded.shape[0], padded.shape[1]
+    top, left = (new_h - crop) // 2, (new_w - crop) // 2
+    return np.ascontiguousarray(arr[top : top + crop, left : left + crop])
+
+
+def _resize_window(img: Image.Image, box: Box, size: tuple[int, int], window: tuple[int, ...]) -> Image.Image:
+    """``img.resize(size, BICUBIC, box=box).crop(window)`` without the resized image: each pass (in
+    the order Pillow runs them) reads only the source span the window needs."""
+    (new_w, new_h), (left, top, right, bottom) = size, window
+    x0, x1, bx0, bx1 = _span(img.width, box[0], box[2], new_w, left, right)
+    y0, y1, by0, by1 = _span(img.height, box[1], box[3], new_h, top, bottom)
+    part, w, h = img.crop((x0, y0, x1, y1)), right - left, bottom - top
+    if _horizontal_first(img.size, size):
+        part = part.resize((w, part.height), _BICUBIC, box=(bx0, 0, bx1, part.height))
+        return part.resize((w, h), _BICUBIC, box=(0, by0, w, by1))
+    part = part.resize((part.width, h), _BICUBIC, box=(0, by0, part.width, by1))
+    return part.resize((w, h), _BICUBIC, box=(bx0, 0, bx1, h))
+
+
+def _span(n: int, b0: float, b1: float, n_out: int, first: int, end: int) -> tuple[int, int, float, float]:
+    """Outputs [first, end) of resizing [b0, b1) of ``n`` samples to ``n_out`` read source samples
+    [lo, hi) (bicubic: 2 taps per output spacing); their box relative to ``lo``."""
+    scale = (b1 - b0) / n_out
+    c0, c1, reach = b0 + first * scale, b0 + end * scale, 2.0 * max(scale, 1.0) + 1.0
+    lo, hi = max(0, math.floor(c0 - reach)), min(n, math.ceil(c1 + reach))
+    return lo, hi, c0 - lo, c1 - lo
+
+
+def _horizontal_first(src: tuple[int, int], out: tuple[int, int]) -> bool:
+    """Pillow 13 runs the vertical pass first when it shrinks rows more than twice what the
+    horizontal one shrinks columns (the passes round to 8 bits, so the order shows)."""
+    dy, dx = src[1] - out[1], src[0] - out[0]
+    return _PILLOW_MAJOR < 13 or not (dy > 0 and dy > 2 * dx)
+
+
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+
+
+# -- errors and memory ----------------------------------------------------------------------------
+@dataclass
+class _Work:
+    bytes: int = 0
+
+
+@contextmanager
+def _bounded() -> Iterator[_Work]:
+    """Drop what a failed decode's traceback holds (the image), and give a large decode's memory back."""
+    work = _Work()
+    try:
+        yield work
+    except ImageError as exc:
+        err: BaseException | None = exc
+        while err is not None:
+            traceback.clear_frames(err.__traceback__)
+            err = err.__cause__ or err.__context__
+        raise
+    finally:
+        if work.bytes >= TRIM_BYTES:
+            _release_freed_memory()
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"not an image, or not one of the accepted formats ({', '.join(FORMATS)})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"refused as a possible decompression bomb: {exc}") from exc
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        struct.error,
+        EOFError,
+        LookupError,
+        ArithmeticError,
+        TypeError,
+    ) as exc:
+        # Pillow reports truncated and corrupt data as OSError ("image file is truncated", ...); its
+        # plugins raise the others on malformed headers.
+        raise ImageError(f"corrupt or truncated image: {exc!r}") from exc
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps freed heap pages (Pillow's 16 MiB blocks fall under its raised mmap threshold);
+    ``malloc_trim(0)`` returns them, so a burst of large images does not leave the RSS at its peak."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

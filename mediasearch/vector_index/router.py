@@ -192,8 +192,15 @@ class LocalRouter(Router):
 class GrpcRouter(Router):
     """Shard servers over gRPC (grpc.aio). ``replicas[s]`` lists the addresses of shard s."""
 
-    def __init__(self, replicas: Sequence[Sequence[str]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        replicas: Sequence[Sequence[str]],
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(len(replicas), **kwargs)
+        self.credentials = credentials  # TLS to the shard servers (None: plaintext)
         if any(not r for r in replicas):
             raise InvalidInput("every shard needs at least one replica address")
         self.replicas = [list(r) for r in replicas]
@@ -211,7 +218,10 @@ class GrpcRouter(Router):
 
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            if self.credentials is not None:
+                channel = grpc.aio.secure_channel(address, self.credentials, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
             self._channels.append(channel)
             stub = self._stubs[address] = shard_pb2_grpc.ShardServiceStub(channel)
         return stub
@@ -310,7 +320,10 @@ def make_router(settings: Settings, local_shards: Sequence[Shard] = ()) -> Route
         "allow_partial": settings.router_allow_partial,
     }
     if settings.shard_addresses:
-        return GrpcRouter.from_addresses(settings.shard_addresses, **options)
+        from mediasearch.tls import internal_channel_credentials
+
+        credentials = internal_channel_credentials(settings)
+        return GrpcRouter.from_addresses(settings.shard_addresses, credentials=credentials, **options)
     if not local_shards:
         raise ConfigError("no MEDIASEARCH_SHARD_ADDRESSES and no in-process shards to route to")
     return LocalRouter(local_shards, **options)

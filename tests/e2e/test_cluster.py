@@ -90,8 +90,8 @@ def cluster(
     gallery = {f"scenes/{it.image.name}": it for it in read_gallery(tmp / "gallery")}
     with (
         postgres() as url,
-        make_up(micro_repository, url, tmp) as (child, info),
-        SearchClient(info["gateway"], timeout_s=10) as client,
+        make_up(micro_repository, url, tmp, "--auth") as (child, info),  # keys required, as in production
+        SearchClient(info["gateway"], timeout_s=10, api_key=info["api_key"]) as client,
     ):
         client.wait_ready()
         bucket = NotifyingBucket.create(info["s3_endpoint"], info["bucket"], queue=QUEUE, notify=False)

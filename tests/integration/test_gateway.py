@@ -33,6 +33,7 @@ from mediasearch.export.micro.scenes import (
     read_gallery,
     write_gallery,
 )
+from mediasearch.metadata.api_keys import create_key
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.vector_index.store import LocalFolderStore
 from tests.support.gateway import publish_images
@@ -55,6 +56,7 @@ class Stack:
     shards: dict[int, tuple[Child, int]]  # shard -> (process, port)
     db_url: str
     metrics_port: int
+    api_key: str  # the stack runs as production does: API keys required
 
 
 def _rows(items: list[GalleryItem]) -> list[dict[str, object]]:
@@ -118,21 +120,26 @@ def stack(
             "MEDIASEARCH_IMAGES_ROOT": str(tmp / "gallery"),
             "MEDIASEARCH_GATEWAY_MAX_TOP_K": "200",
             "MEDIASEARCH_GATEWAY_LOG_JSON": "true",
+            "MEDIASEARCH_GATEWAY_TOKEN_SECRET": "test-page-token-key",
+            "MEDIASEARCH_GATEWAY_PRESIGN_URLS": "true",
+            "MEDIASEARCH_GATEWAY_REFLECTION": "true",
             **AWS_ENV,
         }
+        with sessions.begin() as session:
+            api_key = create_key(session, "gateway-tests", ["admin"])
         ports = ("--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
         argv = mediasearch_command("serve", *ports)
         gateway = Child("gateway", argv, env=env, log_path=log).start()
         client = None
         try:
             port, metrics_port = gateway.wait_port_file(port_file, 60)
-            client = SearchClient(f"127.0.0.1:{port}", timeout_s=10)
+            client = SearchClient(f"127.0.0.1:{port}", timeout_s=10, api_key=api_key)
             client.wait_ready()
             yield Stack(
                 tmp, sessions, store, micro_repository, version,
                 {int(i): it for i, it in zip(ids, items, strict=True)},
                 {int(i): r for i, r in zip(ids, rows, strict=True)},
-                client, shards, url, metrics_port,
+                client, shards, url, metrics_port, api_key,
             )  # fmt: skip
         finally:
             if client is not None:
@@ -287,7 +294,7 @@ def test_a_page_token_of_another_query_is_refused(stack: Stack) -> None:
 
 
 def test_a_passed_deadline_is_deadline_exceeded(stack: Stack) -> None:
-    client = SearchClient(stack.client.address, timeout_s=0.0005)
+    client = SearchClient(stack.client.address, timeout_s=0.0005, api_key=stack.api_key)
     try:
         with pytest.raises(DeadlineExceeded):
             client.search_text("two red circles")
@@ -337,7 +344,7 @@ def test_partial_when_one_shard_server_is_down_unavailable_when_all_are_and_full
         time.sleep(0.2)
 
 
-def test_health_and_reflection_are_served(stack: Stack) -> None:
+def test_health_needs_no_key_and_reflection_is_served_when_enabled(stack: Stack) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -368,6 +375,8 @@ def test_query_command_prints_a_ranked_table_and_writes_a_contact_sheet(
         "4",
         "--sheet",
         str(sheet),
+        "--api-key",
+        stack.api_key,
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out

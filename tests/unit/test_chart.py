@@ -322,3 +322,64 @@ def test_a_shards_replicas_prefer_different_nodes_and_the_compactor_is_sized_by_
     assert compactor["containers"][0]["resources"]["requests"]["memory"] == f"{request}Mi"
     config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
     assert config["MEDIASEARCH_COMPACT_MAX_VECTORS"] == "2000000"
+
+
+def _gateway_container(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = by_kind(docs, "Deployment")["ms-mediasearch-gateway"]["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_the_gateway_requires_keys_says_its_presigning_and_helm_test_searches_with_a_key() -> None:
+    docs = chart.render("gpu")
+    config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
+    assert config["MEDIASEARCH_GATEWAY_AUTH"] == "required"
+    assert config["MEDIASEARCH_GATEWAY_PRESIGN_URLS"] == "true"
+    test_pod = next(d for d in docs if d["kind"] == "Pod")
+    (env,) = test_pod["spec"]["containers"][0]["env"]
+    assert (
+        env["name"] == "MEDIASEARCH_API_KEY"
+        and env["valueFrom"]["secretKeyRef"]["name"] == "mediasearch-test-key"
+    )
+    no_auth = chart.render("gpu", {"gateway": {"auth": "off"}, "tests": {"apiKey": {"existingSecret": ""}}})
+    assert "env" not in next(d for d in no_auth if d["kind"] == "Pod")["spec"]["containers"][0]
+    with pytest.raises(Exception, match=r"tests\.apiKey\.existingSecret is required"):  # helm's `required`
+        chart.render("gpu", {"tests": {"apiKey": {"existingSecret": ""}}})
+
+
+def test_gateway_tls_mounts_the_secret_probes_over_tcp_and_the_test_pod_trusts_its_ca() -> None:
+    docs = chart.render("gpu", {"gateway": {"tls": {"existingSecret": "gw-tls", "clientCA": True}}})
+    assert chart.validation_errors(docs) == [] and chart.policy_problems(docs) == []
+    pod, gateway = _gateway_container(docs)
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["MEDIASEARCH_GATEWAY_TLS_CERT"] == "/etc/mediasearch/tls/tls.crt"
+    assert env["MEDIASEARCH_GATEWAY_TLS_CLIENT_CA"] == "/etc/mediasearch/tls/ca.crt"
+    assert {"name": "tls", "secret": {"secretName": "gw-tls"}} in pod["volumes"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "tcpSocket" in gateway[probe] and "grpc" not in gateway[probe]
+    test_pod = next(d for d in docs if d["kind"] == "Pod")["spec"]
+    assert test_pod["containers"][0]["args"][-2:] == ["--tls-ca", "/etc/mediasearch/tls/ca.crt"]
+    plain = _gateway_container(chart.render("gpu"))[1]
+    assert "grpc" in plain["readinessProbe"] and "MEDIASEARCH_GATEWAY_TLS_CERT" not in str(plain["env"])
+
+
+def test_a_previous_token_key_is_read_from_the_same_secret() -> None:
+    docs = chart.render("gpu", {"gateway": {"tokenSecret": {"existingSecret": "gw", "previousKey": "old"}}})
+    env = {e["name"]: e for e in _gateway_container(docs)[1]["env"]}
+    ref = env["MEDIASEARCH_GATEWAY_TOKEN_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "gw", "key": "old"}
+
+
+def test_the_gateways_worst_image_decodes_fit_its_memory_limit() -> None:
+    from mediasearch.preprocess.image import DecodeLimits, max_decode_bytes
+
+    docs = chart.render("gpu")
+    gateway = _gateway_container(docs)[1]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    limits = DecodeLimits(
+        max_bytes=int(env["MEDIASEARCH_MAX_IMAGE_BYTES"]),
+        max_pixels=int(env["MEDIASEARCH_MAX_IMAGE_PIXELS"]),
+        max_aspect=Settings.defaults().max_image_aspect,
+    )
+    worst = Settings.defaults().image_decode_threads * max_decode_bytes(limits)
+    limit = gateway["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and worst < 0.75 * int(limit[:-2]) * 2**30, (worst / 2**20, limit)

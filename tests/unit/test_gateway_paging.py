@@ -19,7 +19,7 @@ def _token(**kw: object) -> PageToken:
         after_score=0.25,
         after_id=42,
         served=10,
-        vector=np.arange(64, dtype=np.float32) / 64,
+        vector=np.arange(64, dtype=np.float32) / np.linalg.norm(np.arange(64, dtype=np.float32)),
     )
     base.update(kw)
     return PageToken(**base)  # type: ignore[arg-type]
@@ -64,3 +64,9 @@ def test_token_of_another_request_secret_or_model_is_refused() -> None:
 def test_fingerprint_changes_with_every_part() -> None:
     assert fingerprint("a", 1) != fingerprint("a", 2)
     assert fingerprint(b"xy", b"z") != fingerprint(b"x", b"yz")
+
+
+def test_a_signed_token_whose_vector_is_not_unit_length_is_refused() -> None:
+    token = _token(vector=np.full(64, 10.0, dtype=np.float32))  # finite, but no encoder makes it
+    with pytest.raises(InvalidInput, match="unknown format"):
+        decode_token(encode_token(token, SECRET), SECRET, fingerprint=token.fingerprint, model_version="m1")
