@@ -25,7 +25,7 @@ from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.errors import MediaSearchError
-from mediasearch.gateway.auth import AuthInterceptor, Authorizer, KeyCache, RateLimiter
+from mediasearch.gateway.auth import Authorizer, KeyCache, RateLimiter
 from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import QueryLimits, SearchEngine
@@ -144,11 +144,11 @@ async def start_gateway(
     )
     metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
     gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, shards, search)  # type: ignore[arg-type]
-    interceptors = []
+    authorizer = None
     if security.auth_required:
         gateway.keys = KeyCache(sessions, settings.gateway_keys_refresh_s)
         limiter = RateLimiter(settings.gateway_rate_rps, settings.gateway_rate_burst)
-        interceptors.append(AuthInterceptor(Authorizer(gateway.keys, limiter)))
+        authorizer = Authorizer(gateway.keys, limiter)
     gateway.server = SearchServer(
         search,
         gateway.stats,
@@ -156,7 +156,7 @@ async def start_gateway(
         host=settings.gateway_host,
         port=settings.gateway_port if port is None else port,
         credentials=security.credentials(),
-        interceptors=interceptors,
+        authorize=authorizer.authorize if authorizer is not None else None,
         reflection=settings.gateway_reflection,
         max_message_bytes=settings.max_image_bytes + (64 << 10),
     )

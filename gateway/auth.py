@@ -1,6 +1,7 @@
 """Who may call the gateway: API keys with scopes, and a rate limit per key.
 
-One server interceptor decides for every call, before the request is read:
+:meth:`Authorizer.authorize` decides for every call, before its request is read (the gateway's one
+interceptor, :class:`mediasearch.rpc.AsyncErrorInterceptor`, calls it):
 
 - health checks (``grpc.health.v1``) need no key (probes and load balancers call them);
 - no ``authorization: Bearer <key>`` metadata, or a key the service does not know (or revoked)
@@ -17,8 +18,10 @@ apart, so random keys cannot turn into a database load), so a key created a mome
 its first call. Last-use times are written
 back in one transaction per refresh, not per call.
 
-The check costs a SHA-256 of the key and a dictionary probe (about 2 µs); measured against keys off
-in ``make bench-query AUTH=1``.
+The check costs a SHA-256 of the key and a dictionary probe. Measured with ``make bench-query
+ARGS=--auth`` (keys on vs off, same run): no difference at concurrency 1 (GetImage p50 1.15 ms
+both), +0.17 ms p50 at 16 (9.96 vs 9.79 ms) with throughput within noise (ratio 1.013). As a second
+interceptor it cost 3.6% of GetImage throughput at 16 (0.964): hence a hook of the one interceptor.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import MediaSearchError, Overloaded, PermissionDenied, Unauthenticated
@@ -96,7 +98,7 @@ class KeyCache:
         self.sessions, self.refresh_s = sessions, refresh_s
         self.keys: dict[str, ApiKey] = {}
         self.loaded_at = self.read_started = 0.0
-        self._used: dict[str, datetime] = {}
+        self._used: dict[str, float] = {}  # key hash -> unix time of its last call
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -116,7 +118,7 @@ class KeyCache:
     def lookup(self, key: str) -> ApiKey | None:
         found = self.keys.get(hash_key(key))
         if found is not None:
-            self._used[found.key_hash] = datetime.now(UTC)
+            self._used[found.key_hash] = time.time()
         return found
 
     async def lookup_fresh(self, key: str) -> ApiKey | None:
@@ -156,9 +158,10 @@ class KeyCache:
             await self.refresh()
 
     async def _flush_use(self) -> None:
-        used, self._used = self._used, {}
-        if not used:
+        stamps, self._used = self._used, {}
+        if not stamps:
             return
+        used = {key: datetime.fromtimestamp(t, UTC) for key, t in stamps.items()}
 
         def write() -> None:
             with self.sessions.begin() as session:
@@ -207,35 +210,3 @@ class Authorizer:
             )
         self.limiter.check(found)
         return found
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Runs :class:`Authorizer` before a unary handler; a refusal is raised inside the handler, so
-    the error interceptor (outside this one) maps it, logs it and counts it like any other error."""
-
-    def __init__(self, authorizer: Authorizer) -> None:
-        self.authorizer = authorizer
-
-    async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(OPEN_SERVICES):
-            return handler
-        try:
-            await self.authorizer.authorize(method, handler_call_details.invocation_metadata)
-        except MediaSearchError as exc:
-            refusal = exc
-
-            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                raise refusal
-
-            return grpc.unary_unary_rpc_method_handler(
-                refuse,
-                request_deserializer=_unread,  # a refused caller's bytes are not parsed
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _unread(_data: bytes) -> None:
-    return None

@@ -5,15 +5,15 @@ fan-out, database), and the encoder clients and the router are asyncio, so one e
 hundreds of concurrent searches; the only blocking call (SQLAlchemy) runs in a worker thread.
 The handlers only translate protobuf <-> :mod:`mediasearch.gateway.query_path`; errors are raised as
 project errors and mapped to status codes by :class:`mediasearch.rpc.AsyncErrorInterceptor`, which
-also tags each request with an id and feeds the metrics; inside it, the optional
-:class:`mediasearch.gateway.auth.AuthInterceptor` checks API keys and rate limits. Health
+also tags each request with an id, feeds the metrics and, when keys are required, asks
+:meth:`mediasearch.gateway.auth.Authorizer.authorize` (API keys, scopes, rate limits). Health
 (grpc.health.v1) is always served, without a key; server reflection only when enabled.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import Hit, Page, PageRequest, SearchEngine
 from mediasearch.metadata.images_repo import ImageRecord
 from mediasearch.requestlog import request_id
-from mediasearch.rpc import AsyncErrorInterceptor
+from mediasearch.rpc import AsyncErrorInterceptor, Authorize
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "mediasearch.v1.SearchService"
@@ -116,7 +116,7 @@ def _result(hit: Hit) -> Any:
 
 class SearchServer:
     """A running gateway: the grpc.aio server with health (and reflection if asked). ``port=0``
-    picks one; ``credentials`` serve TLS; ``interceptors`` run inside the error interceptor."""
+    picks one; ``credentials`` serve TLS; ``authorize`` (API keys) is called by the interceptor."""
 
     def __init__(
         self,
@@ -127,20 +127,20 @@ class SearchServer:
         host: str = "127.0.0.1",
         port: int = 0,
         credentials: grpc.ServerCredentials | None = None,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        authorize: Authorize | None = None,
         reflection: bool = False,
         max_message_bytes: int = 64 << 20,
     ) -> None:
         self.engine, self.stats, self.metrics = engine, stats, metrics
         self.host, self.port = host, port
-        self.credentials, self.interceptors = credentials, tuple(interceptors)
+        self.credentials, self.authorize = credentials, authorize
         self.reflection, self.max_message_bytes = reflection, max_message_bytes
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> int:
         server = grpc.aio.server(
-            interceptors=[AsyncErrorInterceptor(self.metrics.observe_call), *self.interceptors],
+            interceptors=[AsyncErrorInterceptor(self.metrics.observe_call, self.authorize)],
             options=[
                 # the largest request is one image (the settings' limit plus the other fields); a
                 # larger one is refused by gRPC itself: RESOURCE_EXHAUSTED, "Received message larger

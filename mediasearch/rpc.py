@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -95,6 +95,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after"
 Observer = Callable[[str, grpc.StatusCode, float], None]
+Authorize = Callable[[str, Any], Awaitable[object]]
+
+
+def _unread(_data: bytes) -> None:
+    return None
 
 
 class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -102,6 +107,9 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
 
     ``observe(method, status, seconds)`` is called once per call (``method`` is the short name,
     e.g. ``SearchText``). INTERNAL answers carry the request id so an operator can find the log.
+    ``authorize(full_method, metadata)``, when given, decides whether the call may run (it raises
+    the project's Unauthenticated, PermissionDenied or Overloaded) before its request is even
+    parsed: one interceptor, so a refusal is logged, counted and answered like any other error.
     """
 
     class Unparsable:
@@ -111,8 +119,9 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
         def __init__(self, message: str) -> None:
             self.message = message
 
-    def __init__(self, observe: Observer | None = None) -> None:
+    def __init__(self, observe: Observer | None = None, authorize: Authorize | None = None) -> None:
         self.observe = observe
+        self.authorize = authorize
 
     @classmethod
     def _lenient(cls, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -140,7 +149,14 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         incoming = dict(handler_call_details.invocation_metadata or ())
         observe = self.observe
-        deserialize = self._lenient(handler.request_deserializer)
+        refusal: errors.MediaSearchError | None = None
+        if self.authorize is not None:
+            try:
+                await self.authorize(handler_call_details.method, handler_call_details.invocation_metadata)
+            except errors.MediaSearchError as exc:
+                refusal = exc
+        # a refused caller's bytes are not parsed
+        deserialize = _unread if refusal is not None else self._lenient(handler.request_deserializer)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = str(incoming.get(REQUEST_ID_KEY) or new_request_id())[:64]
@@ -149,6 +165,8 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
             code, message = grpc.StatusCode.OK, ""
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+                if refusal is not None:
+                    raise refusal
                 if isinstance(request, AsyncErrorInterceptor.Unparsable):
                     raise errors.InvalidInput(f"the request is not a valid {request.message} message")
                 return await inner(request, context)
