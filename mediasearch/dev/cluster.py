@@ -89,9 +89,7 @@ class DevCluster:
         moto_port, gateway_port, metrics_port, indexer_metrics_port, *shard_ports = ports
         try:
             endpoint = self._start_moto(moto_port)
-            bucket = emulated_aws.NotifyingBucket.create(
-                endpoint, IMAGE_BUCKET, queue=QUEUE, max_receives=5, also=(SEGMENT_BUCKET,)
-            )
+            bucket = self._create_buckets(endpoint)
             prepare_database(o.database_url)
             api_key = self._admin_key() if o.auth else None
             self.triton = LocalTriton(self._triton_options()).start()
@@ -192,6 +190,27 @@ class DevCluster:
         tmp.write_text(json.dumps(self.info, indent=1))
         tmp.replace(path)
 
+    @staticmethod
+    def _create_buckets(endpoint: str) -> emulated_aws.NotifyingBucket:
+        """The image bucket, its queues and notification, and the segment bucket (idempotent)."""
+        return emulated_aws.NotifyingBucket.create(
+            endpoint, IMAGE_BUCKET, queue=QUEUE, max_receives=5, also=(SEGMENT_BUCKET,)
+        )
+
+    def _restarted(self, child: Child) -> None:
+        """What a restarted child needs besides its process: the emulator keeps everything in
+        memory, so a restarted one gets its buckets, queues and notification back (their objects are
+        gone; the indexer and shard servers then find their queue and bucket again by themselves)."""
+        if child.name != "moto" or not self.info.get("s3_endpoint"):
+            return
+        endpoint = self.info["s3_endpoint"]
+        try:
+            child.wait_http(f"{endpoint}/moto-api/", timeout_s=30)
+            self._create_buckets(endpoint)
+            log.warning("moto restarted: bucket, queues and notification created again (objects are lost)")
+        except MediaSearchError as exc:
+            log.error("moto restarted but its buckets could not be created again: %s", exc)
+
     def _start_moto(self, port: int) -> str:
         child = self._spawn("moto", emulated_aws.moto_command(port), {})
         endpoint = f"http://127.0.0.1:{port}"
@@ -226,6 +245,7 @@ class DevCluster:
                     continue
                 log.warning("%s exited with %s; restarting", child.name, child.returncode)
                 child.start()
+                self._restarted(child)
                 self.write_info()
             if self.triton is not None and not self.triton.running():
                 log.warning("triton exited; restarting")

@@ -5,8 +5,11 @@ benchmarks. A :class:`Child`
 
 - runs in its own session: a terminal's Ctrl-C reaches only its supervisor, which stops the
   children in order;
-- is told by the kernel to exit when the thread that started it dies (``PR_SET_PDEATHSIG``), so a
-  killed supervisor leaves no child behind (pass ``die_with_parent=False`` to opt out);
+- is told by the kernel to exit when its supervisor dies (``PR_SET_PDEATHSIG``), so a supervisor
+  killed with SIGKILL leaves no child behind, Triton included (``die_with_parent=False`` opts out).
+  The kernel ties that signal to the *thread* that forked, not the process, so every such child is
+  forked by one spawner thread that lives as long as the process: a child restarted from a
+  short-lived thread (the dev cluster's supervisor, a test) still dies with the process only;
 - writes its stdout and stderr to a log file, or to a pipe its owner reads line by line
   (:meth:`Child.lines`: tests that act on what a child logs);
 - is stopped with SIGTERM and, if it has not exited after a timeout, its whole process group is
@@ -20,23 +23,28 @@ Readiness is a condition polled until it holds, the child exits, or time runs ou
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from mediasearch.errors import Unavailable
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -115,6 +123,35 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class _Spawner:
+    """The one thread that forks children which die with this process (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, make: Callable[[], T]) -> T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="child spawner", daemon=True)
+                self._thread.start()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._requests.put((make, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            make, done = self._requests.get()
+            try:
+                done.set_result(make())
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
 class Child:
     """One child process. ``env`` is added to this process's environment; without ``log_path`` the
     output goes to a pipe (:meth:`lines`)."""
@@ -169,11 +206,15 @@ class Child:
             if self.log_path is not None:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
                 out = stack.enter_context(self.log_path.open("a"))
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, text=True, start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )  # fmt: skip
+
+            def popen() -> subprocess.Popen[str]:
+                return subprocess.Popen(
+                    self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, **self.env}, text=True, start_new_session=True,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                )  # fmt: skip
+
+            self.proc = _SPAWNER.run(popen) if self.die_with_parent else popen()
         self.started_at = time.monotonic()
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
         return self

@@ -187,8 +187,8 @@ class LocalTriton:
         assert self.log_path is not None
         self.log_path.unlink(missing_ok=True)  # a restart's log starts afresh
         env = server_environment(self._ort_threads())
-        # not tied to the starting thread's life: the supervisor restarts it from wherever it runs
-        child = Child("tritonserver", args, env=env, log_path=self.log_path, die_with_parent=False)
+        # dies with this process whatever thread (re)starts it (processes.py's spawner thread)
+        child = Child("tritonserver", args, env=env, log_path=self.log_path)
         self._child = child.start()
 
     def _ort_threads(self) -> int:

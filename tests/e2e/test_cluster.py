@@ -184,6 +184,31 @@ def test_search_is_unavailable_while_the_encoder_is_down_and_works_again_after_i
     _wait("searches answered again", answered, 60)
 
 
+def test_a_restarted_emulator_gets_its_bucket_queue_and_notification_back(cluster: Cluster) -> None:
+    """Last of the module's cluster tests: the emulator keeps objects in memory, so the earlier
+    images' originals are gone after this."""
+    pid = cluster.info["pids"]["moto"]
+    os.kill(pid, signal.SIGKILL)
+    _wait("moto restarted", lambda: cluster.info["pids"].get("moto") not in (None, pid), 15)
+    item = next(iter(cluster.gallery.values()))
+    key = "after-restart/again.jpg"
+
+    def put() -> bool:
+        try:
+            cluster.bucket.put(key, item.image.read_bytes(), "image/jpeg")
+        except Exception:  # the bucket is not there yet
+            return False
+        return True
+
+    _wait("the bucket back", put, 30)
+
+    def found() -> bool:
+        results = cluster.client.search_text(item.caption, top_k=1, key_prefix="after-restart/").results
+        return bool(results) and results[0].key == key
+
+    _wait("the image put after the restart found", found, 60)
+
+
 def test_ctrl_c_stops_every_process_of_the_cluster(
     micro_repository: Path, tmp_path: Path, postgres_url: str
 ) -> None:
@@ -201,6 +226,20 @@ def test_ctrl_c_stops_every_process_of_the_cluster(
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie not yet reaped has exited
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+
+
+def test_a_supervisor_killed_with_sigkill_takes_every_process_of_the_cluster_with_it(
+    micro_repository: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    with make_up(micro_repository, postgres_url, tmp_path, "--no-indexer") as (child, info):
+        pids = list(info["pids"].values())
+        assert all(_alive(pid) for pid in pids)
+        child.kill()  # no chance to stop anything: the kernel tells each child (PR_SET_PDEATHSIG)
+        deadline = time.monotonic() + 30
+        while [pid for pid in pids if _alive(pid)]:
+            assert time.monotonic() < deadline, f"left behind: {[p for p in pids if _alive(p)]}"
+            time.sleep(0.2)

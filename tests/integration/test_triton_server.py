@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -106,3 +107,41 @@ def test_cli_triton_prints_its_addresses_and_stops_cleanly_on_sigterm(tiny_repos
         child.stop()
     assert _gone(server_pid)
     assert _port_is_free(grpc_port)
+
+
+SUPERVISOR = """
+import sys, threading, time
+from pathlib import Path
+from mediasearch.dev.triton import LocalTriton, TritonOptions
+
+servers = []
+thread = threading.Thread(  # started from a thread that ends, as the dev cluster restarts it
+    target=lambda: servers.append(LocalTriton(TritonOptions(Path(sys.argv[1]), ort_threads=1)).start())
+)
+thread.start()
+thread.join()
+s = servers[0]
+print(s.pid, s.http_port, s.grpc_port, s._shm_prefix, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_no_triton_port_or_shared_memory(
+    tiny_repository: Path,
+) -> None:
+    supervisor = Child("supervisor", [sys.executable, "-c", SUPERVISOR, str(tiny_repository)]).start()
+    try:
+        pid, http_port, grpc_port, prefix = next(supervisor.lines()).split()
+        assert not _gone(int(pid)) and list(SHM_DIR.glob(f"{prefix}*"))
+        supervisor.kill()
+        deadline = time.monotonic() + 30
+        while not (
+            _gone(int(pid)) and _port_is_free(int(grpc_port)) and not list(SHM_DIR.glob(f"{prefix}*"))
+        ):
+            assert time.monotonic() < deadline, (
+                "tritonserver, its port or its shared memory outlived the supervisor"
+            )
+            time.sleep(0.2)
+        assert _port_is_free(int(http_port))
+    finally:
+        supervisor.stop()

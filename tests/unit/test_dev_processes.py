@@ -98,3 +98,44 @@ def test_reading_up_to_a_marker_leaves_the_pipe_open_for_the_rest() -> None:
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(20)
     assert len(set(ports)) == 20
+
+
+SUPERVISOR = """
+import sys, threading, time
+from mediasearch.dev.processes import Child
+
+started = []
+def start():  # a short-lived thread starts (or restarts) the child, as the dev cluster's supervisor does
+    started.append(Child("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"]).start())
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+time.sleep(0.5)
+print(started[0].pid, started[0].running(), flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper is gone too
+        return stat.read().split()[2] != "Z"
+
+
+def test_a_child_outlives_the_thread_that_started_it_but_not_its_killed_supervisor() -> None:
+    supervisor = Child("supervisor", [PY, "-c", SUPERVISOR]).start()
+    try:
+        pid_text, running = next(supervisor.lines()).split()
+        pid = int(pid_text)
+        assert running == "True", "the child died with the thread that started it"
+        assert _alive(pid)
+        supervisor.kill()  # SIGKILL: no chance to stop its children
+        deadline = time.monotonic() + 5
+        while _alive(pid):
+            assert time.monotonic() < deadline, "the child outlived its killed supervisor"
+            time.sleep(0.05)
+    finally:
+        supervisor.stop()
