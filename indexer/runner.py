@@ -10,6 +10,7 @@ thread pools (boto3, file reads, the database, segment writes; Pillow decodes in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class PipelineOptions(FromSettings):
     max_image_bytes: int
     max_image_pixels: int
     max_image_aspect: float = 500.0
+    stop_grace_s: float = 20.0  # after stop: finish what is held for this long, then release the rest
     encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
     heartbeat_s: float = 5.0  # how often in-flight deliveries are kept invisible (at most)
 
@@ -62,6 +64,7 @@ class PipelineOptions(FromSettings):
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_image_aspect=settings.max_image_aspect,
+            stop_grace_s=settings.indexer_stop_grace_s,
         )
 
 
@@ -114,7 +117,7 @@ class Pipeline:
             ]
             beat = asyncio.create_task(self._heartbeat_loop(done))
             try:
-                await asyncio.gather(*tasks, *workers)
+                await self._until_drained(asyncio.gather(*tasks, *workers), stop)
             finally:
                 done.set()
                 await beat
@@ -123,6 +126,31 @@ class Pipeline:
                 pool.shutdown(wait=True, cancel_futures=True)
             self.report.finished = time.monotonic()
         return self.report
+
+    async def _until_drained(self, stages: asyncio.Future[Any], stop: asyncio.Event) -> None:
+        """The stages until they end. Once ``stop`` is set they finish what they hold for at most
+        ``stop_grace_s``; then they are cancelled and the deliveries not yet acknowledged are
+        released to other workers (a commit already running still completes: its events, delivered
+        again, are then skipped as done)."""
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({stages, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not stages.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(stages), self.options.stop_grace_s)
+                except TimeoutError:
+                    stages.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await stages
+                    released = await self._blocking(self._io, self.source.release_in_flight)
+                    log.warning(
+                        "indexer: stopping after %.0f s with work unfinished; released %d messages "
+                        "to other workers", self.options.stop_grace_s, released,
+                    )  # fmt: skip
+                    return
+            await stages  # re-raises a stage's error
+        finally:
+            stopping.cancel()
 
     async def _blocking(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         assert self._loop is not None

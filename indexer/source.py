@@ -57,6 +57,11 @@ class Source(abc.ABC):
     def retry(self, deliveries: Sequence[Delivery]) -> None:  # noqa: B027 - optional hook
         """Their events could not be processed now; hand them out again later if the source can."""
 
+    def release_in_flight(self) -> int:
+        """Hand back every delivery not yet acknowledged, at once (an indexer stopping before it
+        could finish them: another worker takes them now, not after a timeout); how many."""
+        return 0
+
     def heartbeat(self) -> None:  # noqa: B027 - optional hook
         """Called every few seconds while deliveries are in flight (SQS extends their visibility)."""
 

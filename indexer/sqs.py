@@ -103,6 +103,15 @@ class SqsSource(Source):
         self._forget(deliveries)
         self._set_visibility([d.token for d in deliveries], self.retry_delay_s)
 
+    def release_in_flight(self) -> int:
+        """Visibility 0 for every delivery not yet acknowledged: another worker receives them now."""
+        with self._lock:
+            handles = list(self._in_flight)
+            self._in_flight.clear()
+        if handles:
+            self._set_visibility(handles, 0)
+        return len(handles)
+
     def heartbeat(self) -> None:
         """Extend the visibility of deliveries in flight for more than a third of the timeout."""
         now = time.monotonic()

@@ -294,7 +294,17 @@ class Settings(BaseSettings):
         default=5, ge=1, description="A message received this many times without success is poison."
     )
     indexer_visibility_timeout_s: int = Field(
-        default=60, ge=5, le=43_200, description="Visibility of received messages; extended while in flight."
+        default=20,
+        ge=5,
+        le=43_200,
+        description="Visibility of received messages, extended by heartbeats while in flight: a crashed "
+        "indexer's messages go to another worker after at most this long.",
+    )
+    indexer_stop_grace_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="After SIGTERM the indexer finishes what it holds for this long, then releases "
+        "the rest to other workers at once (keep it below the pod's termination grace period).",
     )
     indexer_wait_time_s: int = Field(default=10, ge=0, le=20, description="SQS long-poll wait per receive.")
     indexer_retry_delay_s: int = Field(

@@ -144,3 +144,47 @@ def test_visibility_of_a_delivery_in_flight_is_extended_until_it_is_acknowledged
     assert source.receive(10) == []  # without the heartbeat it would be visible (and redelivered) now
     source.ack([delivery])
     assert bucket.messages(bucket.queue_url) == 0
+
+
+def test_a_stopping_indexer_releases_what_it_could_not_finish_so_another_takes_it_at_once(
+    bucket: NotifyingBucket, database_url: str, tmp_path: Path, tiny_repository: Path
+) -> None:
+    from mediasearch.encoders.fake import FakeEncoder
+
+    bucket.notify()
+    settings = indexer_settings(
+        tmp_path, tiny_repository, database_url,
+        **(bucket_settings(bucket) | {"indexer_visibility_timeout_s": 120, "indexer_stop_grace_s": 0.5}),
+    )  # fmt: skip
+    keys = [f"slow/{i}.jpg" for i in range(5)]
+    for i, key in enumerate(keys):
+        bucket.put(key, scene_bytes(i))
+
+    def visible() -> int:
+        attrs = bucket.sqs.get_queue_attributes(
+            QueueUrl=bucket.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    async def stopped_mid_batch() -> float:
+        stop = asyncio.Event()
+        async with FakeEncoder(pass_seconds=600) as stuck:  # the batch can never finish
+            worker = asyncio.create_task(arun_worker(settings, encoder=stuck, stop=stop))
+            deadline = time.monotonic() + 30
+            while visible() > 0:  # until the worker holds every message
+                assert time.monotonic() < deadline, "the worker did not receive the messages"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            asked = time.monotonic()
+            stop.set()  # what SIGTERM does
+            await asyncio.wait_for(worker, 30)
+            return time.monotonic() - asked
+
+    took = asyncio.run(stopped_mid_batch())
+    assert took < 10, f"the stop took {took:.1f} s"
+    assert visible() == len(keys), "the unfinished messages were not released"
+    released_at = time.monotonic()
+    work(settings)  # another worker: without the release it would wait for the 120 s visibility
+    assert time.monotonic() - released_at < 60
+    by_key = {r.key: r.status for r in rows(sessions_for(database_url))}
+    assert {k: by_key.get(k) for k in keys} == dict.fromkeys(keys, INDEXED)
