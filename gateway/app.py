@@ -57,6 +57,7 @@ class Gateway:
     shards: list[Shard] = field(default_factory=list)  # in-process ones (embedded mode)
     search: SearchEngine | None = None
     keys: KeyCache | None = None  # API keys (auth required)
+    stopped: bool = False
     port: int = 0
     metrics_port: int = 0
 
@@ -68,8 +69,14 @@ class Gateway:
     def address(self) -> str:
         return f"{self.settings.gateway_host}:{self.port}"
 
-    async def stop(self) -> None:
-        await self.server.stop()
+    async def stop(self, *, delay_s: float = 0.0, grace_s: float = 2.0) -> None:
+        """Not ready for ``delay_s`` while still serving, then refuse new calls and give those in
+        flight ``grace_s``, then release everything. Once only: later calls do nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.server.drain(delay_s)
+        await self.server.stop(grace_s)
         if self.keys is not None:
             await self.keys.close()
         if self.search is not None:
@@ -211,8 +218,10 @@ def serve_gateway(
             if on_ready is not None:
                 on_ready(gateway)
             await stop.wait()
+            log.info("gateway: stopping (SIGTERM or SIGINT)")
+            await gateway.stop(delay_s=settings.shutdown_delay_s, grace_s=settings.shutdown_grace_s)
         finally:
-            await gateway.stop()
+            await gateway.stop()  # a no-op after a clean stop
 
     asyncio.run(serve())
 

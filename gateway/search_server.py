@@ -12,6 +12,7 @@ also tags each request with an id, feeds the metrics and, when keys are required
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -174,6 +175,14 @@ class SearchServer:
             "TLS" if self.credentials else "plaintext",
         )
         return self.port
+
+    async def drain(self, delay_s: float) -> None:
+        """Report NOT_SERVING (readiness fails) while still serving calls for ``delay_s``."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if delay_s > 0:
+            log.info("search gateway: not ready; serving %.1f s more before refusing new calls", delay_s)
+            await asyncio.sleep(delay_s)
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._health is not None:

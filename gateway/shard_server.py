@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,12 +145,17 @@ class ShardServer:
         for name in ("", SERVICE_NAME):
             self._health.set(name, status)
 
-    def stop(self, grace: float = 2.0) -> None:
-        """Refuse new calls, let in-flight ones finish (up to ``grace`` s), stop following."""
+    def stop(self, grace: float = 2.0, delay_s: float = 0.0) -> None:
+        """Report NOT_SERVING while still serving for ``delay_s``, then refuse new calls, let
+        in-flight ones finish (up to ``grace`` s), stop following."""
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        if delay_s > 0 and self._server is not None:
+            log.info("shard %d: not ready; serving %.1f s more", self.shard.shard_id, delay_s)
+            time.sleep(delay_s)
         if self._server is not None:
             self._server.stop(grace).wait()
+            self._server = None
         self.follower.stop()
         self.shard.close()
         self._stopped.set()
@@ -184,8 +190,12 @@ def serve_shard(
             workers=settings.shard_workers,
             credentials=internal_server_credentials(settings),
         )
+
+        def on_signal(*_: object) -> None:
+            server.stop(settings.shutdown_grace_s, settings.shutdown_delay_s)
+
         for sig in (signal.SIGTERM, signal.SIGINT):  # before anyone can learn the port
-            signal.signal(sig, lambda *_: server.stop())
+            signal.signal(sig, on_signal)
         try:
             port = server.start()
             if port_file is not None:

@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     triton_metrics_port: int = Field(
         default=8002, ge=0, le=65535, description="Metrics port of `mediasearch triton` (the local server)."
     )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="Servers (gateway, shard server): after SIGTERM, report not-ready but keep serving "
+        "this long, so load balancers and Kubernetes endpoints stop sending calls first (the chart: 5).",
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="Servers: then refuse new calls and give the calls in flight this long to finish.",
+    )
     log_level: LogLevel = Field(
         default="INFO", description="Log level of every command (-v on the command line: DEBUG)."
     )
