@@ -35,21 +35,17 @@ from typing import Any
 import numpy as np
 
 from bench.models import BUILD
+from mediasearch.dev import crafted_images
 
 FOLDER = BUILD / "decode_memory"
 SIDE = 8000  # 64 Mpx: the default max_image_pixels
 
 
 def _png(width: int, height: int, rows: bytes, depth: int, colour: int) -> bytes:
-    import struct
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    """``height`` copies of the row ``rows`` (filter byte included) as a PNG."""
     idat = zlib.compressobj(1)
     body = b"".join(idat.compress(rows) for _ in range(height)) + idat.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return crafted_images.png(width, height, body, depth=depth, colour=colour)
 
 
 def _images() -> dict[str, Path]:

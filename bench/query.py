@@ -290,7 +290,7 @@ async def baseline3(repo: Path, hnsw: Any, db: str, queries: list[str], seconds:
 def auth_comparison(args: argparse.Namespace, cluster: DevCluster, db: str, work: Path) -> int:
     """A second gateway with keys required beside the cluster's (keys off); the same calls through
     both, interleaved; the summary line ``auth: ...``."""
-    from mediasearch.dev.processes import Child, mediasearch_command
+    from mediasearch.dev.processes import start_gateway
     from mediasearch.metadata.api_keys import create_key
     from mediasearch.metadata.db import make_engine, session_factory
 
@@ -298,13 +298,9 @@ def auth_comparison(args: argparse.Namespace, cluster: DevCluster, db: str, work
     with session_factory(engine).begin() as session:
         key = create_key(session, f"bench-{int(time.time())}", ["search"], rate_rps=0)  # no rate limit
     engine.dispose()
-    port_file = work / "cluster" / "gateway-auth.port"
-    port_file.unlink(missing_ok=True)
     env = {**cluster.children["gateway"].env, "MEDIASEARCH_GATEWAY_AUTH": "required"}
-    argv = mediasearch_command("serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
-    child = Child("gateway-auth", argv, env=env, log_path=work / "cluster" / "gateway-auth.log").start()
+    child, port, _ = start_gateway("gateway-auth", env, work / "cluster")
     try:
-        port, _ = child.wait_port_file(port_file, 90)
         result = asyncio.run(_auth_rounds(args, cluster.info["gateway"], f"127.0.0.1:{port}", key))
     finally:
         child.stop()

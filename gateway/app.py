@@ -63,7 +63,7 @@ class Gateway:
 
     @property
     def mode(self) -> str:
-        return "cluster" if self.settings.shard_addresses else "embedded"
+        return "cluster" if self.settings.cluster_mode else "embedded"
 
     @property
     def address(self) -> str:

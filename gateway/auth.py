@@ -97,7 +97,7 @@ class KeyCache:
     def __init__(self, sessions: sessionmaker[Session], refresh_s: float = 2.0) -> None:
         self.sessions, self.refresh_s = sessions, refresh_s
         self.keys: dict[str, ApiKey] = {}
-        self.loaded_at = self.read_started = 0.0
+        self.read_started = 0.0  # monotonic time the last re-read began
         self._used: dict[str, float] = {}  # key hash -> unix time of its last call
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -142,7 +142,6 @@ class KeyCache:
         self.read_started = time.monotonic()
         try:
             self.keys = await asyncio.to_thread(self._read)
-            self.loaded_at = time.monotonic()
         except MediaSearchError as exc:
             # keep serving the keys we have; a revocation waits for the database to answer
             log.warning("could not re-read API keys (keeping %d cached): %s", len(self.keys), exc)

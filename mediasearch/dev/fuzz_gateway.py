@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.dev.fuzz_requests import Call, request_fingerprint, seed_images, strategies
 from mediasearch.dev.fuzz_targets import SECRET
-from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.dev.processes import Child, start_gateway
 from mediasearch.gateway.paging import decode_token
 
 SERVICE = "mediasearch.v1.SearchService"
@@ -200,11 +200,9 @@ def live_gateway(folder: Path, repository: Path, scenes: int = SCENES) -> Iterat
         for k, v in overrides.items()
     }
     env["MEDIASEARCH_GATEWAY_TOKEN_SECRET"] = SECRET
-    port_file, log_path = folder / "gateway.port", folder / "gateway.log"
-    argv = mediasearch_command("serve", port=0, metrics_port=0, port_file=port_file)
-    with Child("fuzzed gateway", argv, env=env, log_path=log_path) as child:
-        port = child.wait_port_file(port_file, 120)[0]
-        gateway = LiveGateway(child, port, log_path)
+    child, port, _ = start_gateway("gateway", env, folder)
+    with child:
+        gateway = LiveGateway(child, port, folder / "gateway.log")
         try:
             yield gateway
         finally:

@@ -330,6 +330,23 @@ class Child:
         return f"; the end of {self.log_path}:\n{tail}" if tail else ""
 
 
+def start_gateway(
+    name: str, env: Mapping[str, str], folder: Path, timeout_s: float = 120.0
+) -> tuple[Child, int, int]:
+    """``mediasearch serve`` on free ports with ``env``; its log is ``folder/<name>.log``. Returns
+    the child once it serves, its gRPC port and its metrics port (the caller stops the child)."""
+    port_file = folder / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    argv = mediasearch_command("serve", port=0, metrics_port=0, port_file=port_file)
+    child = Child(name, argv, env=env, log_path=folder / f"{name}.log").start()
+    try:
+        port, metrics_port = child.wait_port_file(port_file, timeout_s)
+    except BaseException:
+        child.stop()
+        raise
+    return child, port, metrics_port
+
+
 def stop_all(children: Sequence[Child], timeout_s: float = 15.0) -> None:
     """Stop ``children`` in reverse order (the last started first)."""
     for child in reversed(children):

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.client import SearchClient
 from mediasearch.dev.emulated_aws import ENV as AWS_ENV
-from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.dev.processes import Child, mediasearch_command, start_gateway
 from mediasearch.encoders import LocalEncoder
 from mediasearch.errors import DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from mediasearch.export.micro.scenes import (
@@ -110,7 +110,6 @@ def stack(
         rows = _rows(items)
         ids = publish_images(sessions, store, vectors, rows, num_shards=2, model_version=version)
         shards = {s: _shard(tmp, s, url, store.root) for s in (0, 1)}
-        port_file, log = tmp / "gateway.port", tmp / "gateway.log"
         env = {
             "MEDIASEARCH_DATABASE_URL": url,
             "MEDIASEARCH_SHARD_ADDRESSES": json.dumps([f"127.0.0.1:{shards[s][1]}" for s in (0, 1)]),
@@ -127,12 +126,9 @@ def stack(
         }
         with sessions.begin() as session:
             api_key = create_key(session, "gateway-tests", ["admin"])
-        ports = ("--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
-        argv = mediasearch_command("serve", *ports)
-        gateway = Child("gateway", argv, env=env, log_path=log).start()
+        gateway, port, metrics_port = start_gateway("gateway", env, tmp)
         client = None
         try:
-            port, metrics_port = gateway.wait_port_file(port_file, 60)
             client = SearchClient(f"127.0.0.1:{port}", timeout_s=10, api_key=api_key)
             client.wait_ready()
             yield Stack(

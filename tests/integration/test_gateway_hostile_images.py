@@ -11,7 +11,6 @@ keep their latency (the median under load within 3x the median without it).
 from __future__ import annotations
 
 import statistics
-import struct
 import threading
 import time
 import zlib
@@ -25,7 +24,8 @@ import numpy as np
 import pytest
 
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
-from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.dev.crafted_images import jpeg_header, png, png_chunk, zeros_zlib
+from mediasearch.dev.processes import start_gateway
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.model_manifest import ModelManifest
 from mediasearch.vector_index.store import LocalFolderStore
@@ -34,55 +34,17 @@ from tests.support.gateway import publish_images
 QUERIES = [f"{colour} {shape}" for colour in ("red", "green", "blue") for shape in ("circle", "square")]
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png(
-    width: int, height: int, idat: bytes, *, depth: int = 8, colour: int = 2, extra: bytes = b""
-) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra
-    return head + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def _zeros_zlib(n: int) -> bytes:
-    block = bytes(1 << 20)
-    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
-    unit = raw.compress(block) + raw.flush(zlib.Z_FULL_FLUSH)
-    whole, rest = divmod(n, len(block))
-    last = zlib.compressobj(9, zlib.DEFLATED, -15)
-    adler = 1
-    for _ in range(whole):
-        adler = zlib.adler32(block, adler)
-    adler = zlib.adler32(bytes(rest), adler)
-    return b"\x78\xda" + unit * whole + last.compress(bytes(rest)) + last.flush() + adler.to_bytes(4, "big")
-
-
-def _jpeg_header(width: int, height: int) -> bytes:
-    """The markers of a baseline JPEG up to its first scan's header, without scan data."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height)).save(buf, "JPEG")
-    data = buf.getvalue()
-    sos = data.index(b"\xff\xda")
-    return data[: sos + 2 + struct.unpack(">H", data[sos + 2 : sos + 4])[0]]
-
-
 def _hostile() -> dict[str, bytes]:
-    small_jpeg = _jpeg_header(64, 64) + bytes(64) + b"\xff\xd9"
+    small_jpeg = jpeg_header(64, 64) + bytes(64) + b"\xff\xd9"
     return {
-        "1x60M_png": _png(1, 60_000_000, _zeros_zlib(2 * 60_000_000), depth=1, colour=0),
-        "1x60M_png_74_bytes": _png(1, 60_000_000, zlib.compress(bytes(1000))),
-        "png_bomb_400Mpx": _png(20_000, 20_000, zlib.compress(bytes(100_000))),
-        "png_truncated_49Mpx": _png(7000, 7000, zlib.compress(bytes(1000))),
-        "png_chunk_flood": _png(8, 8, zlib.compress(bytes(200)), extra=_chunk(b"abCd", b"") * 20_000),
+        "1x60M_png": png(1, 60_000_000, zeros_zlib(2 * 60_000_000), depth=1, colour=0),
+        "1x60M_png_74_bytes": png(1, 60_000_000, zlib.compress(bytes(1000))),
+        "png_bomb_400Mpx": png(20_000, 20_000, zlib.compress(bytes(100_000))),
+        "png_truncated_49Mpx": png(7000, 7000, zlib.compress(bytes(1000))),
+        "png_chunk_flood": png(8, 8, zlib.compress(bytes(200)), extra=png_chunk(b"abCd", b"") * 20_000),
         "jpeg_soi_then_4MB_ff": b"\xff\xd8" + b"\xff" * 4_000_000 + small_jpeg[2:],
         "jpeg_comment_flood": b"\xff\xd8" + b"\xff\xfe\x00\x02" * 1_000_000 + small_jpeg[2:],
-        "jpeg_64Mpx_then_2MB_zeros": _jpeg_header(8000, 8000) + bytes(2_000_000),
+        "jpeg_64Mpx_then_2MB_zeros": jpeg_header(8000, 8000) + bytes(2_000_000),
     }
 
 
@@ -117,15 +79,12 @@ def gateway(micro_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "MEDIASEARCH_MODEL_REPOSITORY": str(micro_repository),
         "MEDIASEARCH_ENCODER": "local",
     }
-    port_file, log = tmp / "gateway.port", tmp / "gateway.log"
-    argv = mediasearch_command("serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
-    child = Child("gateway", argv, env=env, log_path=log).start()
+    child, port, _ = start_gateway("gateway", env, tmp)
     channel = None
     try:
-        port = child.wait_port_file(port_file, 120)[0]
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=30)
-        yield Gateway(search_pb2_grpc.SearchServiceStub(channel), log)
+        yield Gateway(search_pb2_grpc.SearchServiceStub(channel), tmp / "gateway.log")
     finally:
         if channel is not None:
             channel.close()

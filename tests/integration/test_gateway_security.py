@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import search_pb2, search_pb2_grpc
 from mediasearch.cli import main
-from mediasearch.dev.processes import Child, mediasearch_command
+from mediasearch.dev.processes import Child, mediasearch_command, start_gateway
 from mediasearch.metadata.api_keys import create_key
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from tests.support.certs import CA, Pair
@@ -54,11 +54,8 @@ def _auth(key: str) -> tuple[tuple[str, str], ...]:
 
 
 def _start(tmp: Path, env: dict[str, str], name: str = "gateway") -> tuple[Child, str]:
-    port_file = tmp / f"{name}.port"
-    argv = mediasearch_command("serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
-    child = Child(name, argv, env=env, log_path=tmp / f"{name}.log").start()
-    port, _ = child.wait_port_file(port_file, 60)
-    return child, f"localhost:{port}"
+    child, port, _ = start_gateway(name, env, tmp)
+    return child, f"localhost:{port}"  # the name the test certificates carry
 
 
 def _env(tmp: Path, db_url: str, repository: Path, server: Pair, **more: str) -> dict[str, str]:

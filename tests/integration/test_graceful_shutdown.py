@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
 from mediasearch.client import SearchClient
-from mediasearch.dev.processes import Child, free_ports, mediasearch_command
+from mediasearch.dev.processes import Child, free_ports, mediasearch_command, start_gateway
 from mediasearch.errors import Unavailable
 from mediasearch.vector_index.store import LocalFolderStore
 from tests.support.index import add_segment, sqlite_sessions, unit_vectors
@@ -47,7 +47,6 @@ def _drains(child: Child, address: str, still_answers: object) -> None:
 def test_the_gateway_reports_not_ready_keeps_serving_for_the_delay_then_exits(
     tmp_path: Path, micro_repository: Path
 ) -> None:
-    port_file = tmp_path / "gateway.port"
     env = {
         **ENV,
         "MEDIASEARCH_DATABASE_URL": f"sqlite:///{tmp_path / 'meta.db'}",
@@ -55,10 +54,8 @@ def test_the_gateway_reports_not_ready_keeps_serving_for_the_delay_then_exits(
         "MEDIASEARCH_SEGMENT_STORE_URL": (tmp_path / "segments").as_uri(),
         "MEDIASEARCH_SEGMENT_CACHE_DIR": str(tmp_path / "cache"),
     }
-    argv = mediasearch_command("serve", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file))
-    child = Child("gateway", argv, env=env, log_path=tmp_path / "gateway.log").start()
+    child, port, _ = start_gateway("gateway", env, tmp_path)
     try:
-        port, _ = child.wait_port_file(port_file, 60)
         address = f"127.0.0.1:{port}"
         with SearchClient(address, timeout_s=5) as client:
             client.search_text("a red circle")

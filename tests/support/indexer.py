@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mediasearch.dev.crafted_images import png
 from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
 from mediasearch.export.micro.scenes.render import render_scene
@@ -51,18 +52,7 @@ def scene_bytes(index: int, seed: int = 11, size: int = 64, fmt: str = "jpeg") -
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` pixels (a decompression bomb's shape)."""
-    import struct
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
+    return png(width, height, zlib.compress(b"\0" * 64))
 
 
 def bad_inputs() -> dict[str, tuple[bytes, str]]:

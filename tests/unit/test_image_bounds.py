@@ -7,7 +7,6 @@ import asyncio
 import functools
 import io
 import json
-import struct
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from mediasearch.dev.crafted_images import jpeg_header, png, png_chunk, zeros_zlib
 from mediasearch.encoders import FakeEncoder, ImageLimits
 from mediasearch.errors import ImageError
 from mediasearch.preprocess.image import (
@@ -35,43 +35,12 @@ SPEC = ImageSpec(resize=224, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 
 
 # -- hostile inputs, built by hand ------------------------------------------------------------------
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png(
-    width: int, height: int, idat: bytes, *, depth: int = 8, colour: int = 2, extra: bytes = b""
-) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra
-    return head + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def _zeros_zlib(n: int) -> bytes:
-    """A zlib stream of ``n`` zero bytes in milliseconds: one fully flushed MiB block, repeated."""
-    block = bytes(1 << 20)
-    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
-    unit = raw.compress(block) + raw.flush(zlib.Z_FULL_FLUSH)
-    whole, rest = divmod(n, len(block))
-    last = zlib.compressobj(9, zlib.DEFLATED, -15)
-    adler = 1
-    for _ in range(whole):
-        adler = zlib.adler32(block, adler)
-    adler = zlib.adler32(bytes(rest), adler)
-    return b"\x78\xda" + unit * whole + last.compress(bytes(rest)) + last.flush() + adler.to_bytes(4, "big")
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _jpeg_header(width: int, height: int, **kw: object) -> bytes:
-    """A JPEG's bytes up to the end of its first SOS header (no scan data)."""
-    data = _encode(Image.new("RGB", (width, height)), "JPEG", **kw)
-    sos = data.index(b"\xff\xda")
-    return data[: sos + 2 + struct.unpack(">H", data[sos + 2 : sos + 4])[0]]
 
 
 def _many_scans(n_copies: int) -> bytes:
@@ -87,24 +56,24 @@ SMALL_JPEG = _encode(Image.new("RGB", (64, 64), "red"), "JPEG")
 HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     # name: (the image, what its refusal must say)
     "1x60M_png": (  # valid: 117 kB of zeros that inflate to 120 MB
-        lambda: _png(1, 60_000_000, _zeros_zlib(2 * 60_000_000), depth=1, colour=0),
+        lambda: png(1, 60_000_000, zeros_zlib(2 * 60_000_000), depth=1, colour=0),
         r"1x60000000: aspect ratio .* \(limit max_image_aspect = 500\)",
     ),
     "60Mx1_png": (
-        lambda: _png(60_000_000, 1, _zeros_zlib(1 + 7_500_000), depth=1, colour=0),
+        lambda: png(60_000_000, 1, zeros_zlib(1 + 7_500_000), depth=1, colour=0),
         r"60000000x1: aspect ratio .*limit max_image_aspect = 500",
     ),
-    "1x60M_png_74_bytes": (lambda: _png(1, 60_000_000, zlib.compress(bytes(1000))), "max_image_aspect = 500"),
+    "1x60M_png_74_bytes": (lambda: png(1, 60_000_000, zlib.compress(bytes(1000))), "max_image_aspect = 500"),
     "png_bomb_400Mpx": (
-        lambda: _png(20_000, 20_000, zlib.compress(bytes(100_000))),
+        lambda: png(20_000, 20_000, zlib.compress(bytes(100_000))),
         r"400000000 pixels.*\(limit max_image_pixels = 64000000\).*decompression bomb",
     ),
     "png_truncated_49Mpx": (
-        lambda: _png(7000, 7000, zlib.compress(bytes(1000))),
+        lambda: png(7000, 7000, zlib.compress(bytes(1000))),
         r"truncated PNG: 17 bytes .* 7000x7000",
     ),
     "png_chunk_flood": (
-        lambda: _png(8, 8, zlib.compress(bytes(8 * 25)), extra=_chunk(b"abCd", b"") * 20_000),
+        lambda: png(8, 8, zlib.compress(bytes(8 * 25)), extra=png_chunk(b"abCd", b"") * 20_000),
         "PNG has over 16384 chunks",
     ),
     "jpeg_soi_then_40MB_ff": (
@@ -119,7 +88,7 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: b"\xff\xd8" + b"\xff\xfe\x00\x02" * 1_000_000 + SMALL_JPEG[2:],
         "over 4096 segments",
     ),
-    "jpeg_64Mpx_header_then_2MB_zeros": (lambda: _jpeg_header(8000, 8000) + bytes(2_000_000), "truncated"),
+    "jpeg_64Mpx_header_then_2MB_zeros": (lambda: jpeg_header(8000, 8000) + bytes(2_000_000), "truncated"),
     "jpeg_42_scans": (lambda: _many_scans(32), r"JPEG has 42 scans \(limit 32\)"),
     "ppm_40MB_comment": (
         lambda: b"P6\n#" + b"x" * 40_000_000 + b"\n8 8\n255\n" + bytes(192),
@@ -238,7 +207,7 @@ def _largest(max_pixels: int) -> dict[str, bytes]:
     palette = photo.convert("P")
     palette.info["transparency"] = 0
     return {
-        "rgba16_png": _png(side, side, zlib.compress(paeth_rows, 1), depth=16, colour=6),
+        "rgba16_png": png(side, side, zlib.compress(paeth_rows, 1), depth=16, colour=6),
         "palette_transparent_png": _encode(palette, "PNG"),
         "progressive_444_jpeg": _encode(photo, "JPEG", progressive=True, subsampling=0, quality=95),
         "webp_at_half_the_pixels": _encode(photo.resize((side * 7 // 10, side * 7 // 10)), "WEBP"),
