@@ -14,6 +14,10 @@ The order is what makes a crash at any point harmless (exactly-once in effect):
    segments restaged without them), mark them INDEXED (or FAILED with the reason), add the segment
    manifest rows, mark older versions of the same keys and removed objects REMOVED, and tombstone
    their vectors. Shards see the new vectors and the deletes in the same manifest change.
+   Versions and removals of one key are ordered here, under a per-key lock, by their S3
+   sequencers (or, where those cannot tell, by what the bucket holds): a version deleted after
+   it was fetched is published REMOVED and tombstoned, never served (see
+   :mod:`mediasearch.metadata.images_repo`).
 4. only then does the runner acknowledge the deliveries.
 """
 
@@ -30,21 +34,27 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
+from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import Item
 from mediasearch.metadata.db import translated
 from mediasearch.metadata.images_repo import (
+    Current,
     NewImage,
     Unindexed,
+    lock_keys,
     lock_pending,
     mark_failed,
     mark_indexed,
+    mark_removed,
     remove_object,
+    removed_since,
     reserve,
     status_of,
     supersede,
 )
 from mediasearch.metadata.models import PENDING
 from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, publish_in
+from mediasearch.objects import ObjectReader
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
@@ -71,9 +81,11 @@ class Committer:
         config: BuildConfig,
         model_version: str,
         *,
+        objects: ObjectReader | None = None,
         work_dir: Path | None = None,
     ) -> None:
         self.sessions = sessions
+        self.objects = objects  # asked which version a key holds when events cannot be ordered
         self.store = store
         self.partitioner = partitioner
         self.config = config
@@ -98,7 +110,7 @@ class Committer:
         while True:
             records = self._stage(live)
             try:
-                self._publish(live, removed, records)
+                stale = self._publish(live, removed, records)
                 break
             except _Raced as raced:
                 log.info("indexer: %s; restaging without them", raced)
@@ -107,10 +119,13 @@ class Committer:
                         it.outcome = "duplicate"
                 live = [it for it in live if it.outcome is None]
         for it in live:
-            it.outcome = "indexed" if it.vector is not None else "failed"
+            if it.image_id in stale:
+                it.outcome = "stale"
+            else:
+                it.outcome = "indexed" if it.vector is not None else "failed"
         for it in removed:
             it.outcome = "removed"
-        _stage("committed", len(live), len(removed))
+        _stage("committed", len(live) - len(stale), len(removed))
 
     # -- 1. reserve -------------------------------------------------------------------------
     def reserve(self, created: list[Item]) -> list[Item]:
@@ -165,34 +180,61 @@ class Committer:
     # -- 3. publish -------------------------------------------------------------------------
     def _publish(
         self, live: list[Item], removed: list[Item], records: list[tuple[SegmentRecord, list[Item]]]
-    ) -> None:
+    ) -> set[int]:
+        """Step 3; returns the ids of the versions found deleted since they were fetched."""
         now = datetime.now(UTC)
+        shard_of = {it.image_id: record.shard for record, members in records for it in members}
         with translated("publishing an indexer batch"), self.sessions.begin() as session:
+            lock_keys(session, [(it.event.bucket, it.event.key) for it in (*live, *removed)])
             raced = lock_pending(session, [it.image_id for it in live if it.image_id is not None])
             if raced:
                 raise _Raced(raced)
+            gone: list[Unindexed] = []
+            stale: set[int] = set()
+            for it in live:  # deleted between fetch and now: published only to be tombstoned
+                assert it.image_id is not None and it.fetched is not None
+                ev = it.event
+                if removed_since(
+                    session, ev.bucket, ev.key, it.fetched.etag, ev.sequencer, self._current(ev)
+                ):
+                    stale.add(it.image_id)
+                    mark_removed(session, it.image_id)
+                    gone.append(Unindexed(it.image_id, shard_of.get(it.image_id), it.image_id in shard_of))
             rows = [
                 (it.image_id, record.shard, it.width or 0, it.height or 0)
                 for record, members in records
                 for it in members
-                if it.image_id is not None
+                if it.image_id is not None and it.image_id not in stale
             ]
             mark_indexed(session, rows, model_version=self.model_version, when=now)
             for it in live:
-                if it.vector is None and it.image_id is not None:
+                if it.vector is None and it.image_id is not None and it.image_id not in stale:
                     mark_failed(session, it.image_id, it.error or "unknown error")
             publish_in(session, add=[record for record, _ in records])
-            gone: list[Unindexed] = []
-            for bucket, key in sorted({(it.event.bucket, it.event.key) for it in live}):
-                gone.extend(supersede(session, bucket, key))
+            for bucket, key in sorted(
+                {(it.event.bucket, it.event.key) for it in live if it.image_id not in stale}
+            ):
+                gone.extend(supersede(session, bucket, key, self._current_of(bucket, key)))
             for it in removed:
-                gone.extend(remove_object(session, it.event.bucket, it.event.key, it.keep_etag))
+                ev = it.event
+                gone.extend(remove_object(session, ev.bucket, ev.key, ev.sequencer, self._current(ev)))
             by_shard: dict[int | None, list[int]] = defaultdict(list)
             for g in gone:
                 if g.had_vector:
                     by_shard[g.shard].append(g.image_id)
             for shard, ids in by_shard.items():
                 add_tombstones(session, ids, shard=shard)
+        return stale
+
+    def _current(self, ev: ObjectEvent) -> Current | None:
+        return self._current_of(ev.bucket, ev.key)
+
+    def _current_of(self, bucket: str, key: str) -> Current | None:
+        """The bucket's answer for ``key``, asked only if the events cannot be ordered."""
+        objects = self.objects
+        if objects is None:
+            return None
+        return lambda: objects.current_etag(bucket, key)
 
 
 def _created(it: Item) -> datetime:
@@ -204,7 +246,8 @@ def _created(it: Item) -> datetime:
 def _new_image(it: Item) -> NewImage:
     f = it.fetched
     assert f is not None, "a created event reaches the commit stage fetched"
-    return NewImage(it.event.bucket, it.event.key, f.etag, f.size, f.content_type, _created(it))
+    ev = it.event
+    return NewImage(ev.bucket, ev.key, f.etag, f.size, f.content_type, _created(it), ev.sequencer)
 
 
 def _stage(name: str, count: int, extra: int) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -46,12 +47,13 @@ class ObjectEvent:
     etag: str | None = None
     size: int | None = None
     time: datetime | None = None
-    sequencer: str | None = None
+    sequencer: str | None = None  # S3's per-key order of events (hex; see sequencer_order)
 
 
 MAX_BUCKET_CHARS = 255  # S3's bucket names: 63 characters (255 for legacy us-east-1 ones)
 MAX_KEY_BYTES = 1024  # S3's object keys: at most 1,024 bytes of UTF-8
 MAX_ETAG_CHARS = 128  # the images table's etag column
+MAX_SEQUENCER_CHARS = 64  # the images and removals tables' sequencer column
 MAX_ENVELOPES = 2  # S3 -> SNS -> SQS is one
 
 
@@ -118,7 +120,7 @@ def _parse_record(record: Any) -> ObjectEvent | None:
         etag=_etag(obj.get("eTag") or obj.get("etag")) if kind == "created" else None,
         size=_size(obj.get("size")),
         time=_parse_time(record.get("eventTime")),
-        sequencer=_text(obj.get("sequencer")),
+        sequencer=_sequencer(obj.get("sequencer")),
     )
 
 
@@ -139,6 +141,14 @@ def _clean(text: str) -> bool:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value and _clean(value) else None
+
+
+def _sequencer(value: Any) -> str | None:
+    """S3's sequencer: a hexadecimal string (stored upper-case, at most the column's 64 characters)."""
+    text = _text(value)
+    if text is None or len(text) > MAX_SEQUENCER_CHARS or not all(c in string.hexdigits for c in text):
+        return None
+    return text.upper()
 
 
 def _etag(value: Any) -> str | None:

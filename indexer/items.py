@@ -31,7 +31,6 @@ class Item:
     error: str | None = None  # why the object cannot be indexed (recorded as FAILED)
     outcome: Outcome | None = None  # set early for events that need no database record
     image_id: int | None = None
-    keep_etag: str | None = None  # removals: the version in the bucket now (re-created since)
 
     @property
     def uri(self) -> str:

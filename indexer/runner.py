@@ -215,8 +215,7 @@ class Pipeline:
     async def _prepare(self, item: Item) -> None:
         ev = item.event
         try:
-            if ev.kind == "removed":
-                item.keep_etag = await self._blocking(self._io, self.objects.current_etag, ev.bucket, ev.key)
+            if ev.kind == "removed":  # nothing to read: the commit orders it against the key's versions
                 return
             if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
                 item.outcome = "duplicate"

@@ -63,6 +63,7 @@ async def run_pipeline(
             make_partitioner(settings.partitioner, settings.num_shards),
             BuildConfig.from_settings(settings),
             encoder.model_version,
+            objects=objects,
         )
         pipeline = Pipeline(
             source,

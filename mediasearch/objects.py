@@ -48,6 +48,20 @@ def content_etag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sequencer_order(a: str | None, b: str | None) -> int | None:
+    """1 when the event of sequencer ``a`` happened after that of ``b`` (same key), -1 before,
+    None when they cannot be ordered: one is missing, or they are equal (S3 never gives two events
+    of one key the same sequencer, so equal ones come from a producer that does not send real
+    ones; the caller then asks the bucket). S3's rule: left-pad the shorter with zeros, compare."""
+    if a is None or b is None:
+        return None
+    width = max(len(a), len(b))
+    pa, pb = a.upper().rjust(width, "0"), b.upper().rjust(width, "0")
+    if pa == pb:
+        return None
+    return 1 if pa > pb else -1
+
+
 def too_large(size: int, limit: int) -> str:
     return f"image too large: {size} bytes (limit {limit})"
 

@@ -7,16 +7,19 @@ tombstones in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from mediasearch.metadata.db import translated, utc
-from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED, ImageRow
+from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED, ImageRow, RemovalRow
+from mediasearch.objects import sequencer_order
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class NewImage:
     size: int = 0
     content_type: str | None = None
     created: datetime | None = None  # the object's last-modified time: orders versions of a key
+    sequencer: str | None = None  # the create event's S3 sequencer: orders them exactly
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ def reserve(session: Session, images: Sequence[NewImage]) -> list[Reservation]:
                     created=image.created or datetime.now(UTC),
                     tags=[],
                     status=PENDING,
+                    sequencer=image.sequencer,
                 )
                 session.add(row)
                 session.flush()
@@ -246,9 +251,66 @@ def mark_failed(session: Session, image_id: int, error: str) -> None:
         )
 
 
-def supersede(session: Session, bucket: str, key: str) -> list[Unindexed]:
-    """Keep only the newest finished version of a key (by object time, then id); older INDEXED or
-    FAILED versions become REMOVED. Returns them, so the caller tombstones their vectors."""
+# -- ordering of one key's versions and removals ----------------------------------------------
+# S3 delivers events at least once and in any order; each carries a per-key ``sequencer`` that
+# orders the events of one key. Commits touching a key are serialised (lock_keys), and decide with
+# the sequencers; where those cannot order two events (missing, or equal: a producer that does not
+# send real ones), they ask the bucket which version it holds now (``current``), under the same
+# lock, so the answer cannot go stale before the transaction commits.
+
+#: The ETag the bucket holds now for the key being decided (None: no object). Called at most once.
+Current = Callable[[], "str | None"]
+
+
+def lock_keys(session: Session, keys: Iterable[tuple[str, str]]) -> None:
+    """Serialise the transactions that change these keys' versions until this one ends
+    (PostgreSQL advisory transaction locks, taken in sorted order so two indexers cannot deadlock;
+    SQLite serialises its writers already)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    with translated("locking object keys"):
+        for bucket, key in sorted(set(keys)):
+            digest = hashlib.blake2b(f"{bucket}\0{key}".encode(), digest_size=8).digest()
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": int.from_bytes(digest, "big", signed=True)},
+            )
+
+
+def _once(current: Current | None) -> Current | None:
+    if current is None:
+        return None
+    answer: list[str | None] = []
+
+    def ask() -> str | None:
+        if not answer:
+            answer.append(current())
+        return answer[0]
+
+    return ask
+
+
+def removed_since(
+    session: Session, bucket: str, key: str, etag: str, sequencer: str | None, current: Current | None
+) -> bool:
+    """Whether a version about to be published was deleted after it was fetched: a removal of the
+    key was handled that is newer than the version's create event (by sequencer), or, when the
+    two cannot be ordered, the bucket no longer holds this version. Call under :func:`lock_keys`."""
+    with translated("reading the key's removal"):
+        removal = session.get(RemovalRow, (bucket, key))
+    if removal is None:
+        return False
+    order = sequencer_order(sequencer, removal.sequencer)
+    if order is not None:
+        return order < 0
+    return current is not None and current() != etag
+
+
+def supersede(session: Session, bucket: str, key: str, current: Current | None = None) -> list[Unindexed]:
+    """Keep only the newest finished version of a key; older INDEXED or FAILED versions become
+    REMOVED. Returns them, so the caller tombstones their vectors. Newest: by sequencer when every
+    version has one that orders it; else the version the bucket holds now; else by object time,
+    then id (S3's last-modified time has one-second resolution: the last resort)."""
     with translated("superseding old versions"):
         rows = list(
             session.scalars(
@@ -259,23 +321,61 @@ def supersede(session: Session, bucket: str, key: str) -> list[Unindexed]:
         )
         if len(rows) < 2:
             return []
-        newest = max(rows, key=lambda r: (utc(r.created), r.id))
+        newest = _newest(rows, _once(current))
         return [_remove(r) for r in rows if r is not newest]
 
 
-def remove_object(session: Session, bucket: str, key: str, keep_etag: str | None = None) -> list[Unindexed]:
-    """An ObjectRemoved event: every finished version of the key becomes REMOVED, except
-    ``keep_etag``, the version in the bucket when the event was handled (re-created since).
+def _newest(rows: list[ImageRow], current: Current | None) -> ImageRow:
+    by_sequencer = sorted(rows, key=lambda r: (r.sequencer or "").rjust(64, "0"))
+    if all(sequencer_order(b.sequencer, a.sequencer) == 1 for a, b in itertools.pairwise(by_sequencer)):
+        return by_sequencer[-1]
+    if current is not None:
+        holding = [r for r in rows if r.etag == current()]
+        if holding:
+            return max(holding, key=lambda r: r.id)
+    return max(rows, key=lambda r: (utc(r.created), r.id))
 
-    PENDING rows are left alone: another indexer may be publishing a version created after the
-    delete (and a row left PENDING by a crash is never served)."""
+
+def remove_object(
+    session: Session, bucket: str, key: str, sequencer: str | None = None, current: Current | None = None
+) -> list[Unindexed]:
+    """An ObjectRemoved event: records it for the key (:func:`removed_since`) and makes REMOVED
+    every finished version it deleted: those created before it (by sequencer) and, where the
+    sequencers cannot tell, those the bucket no longer holds (a version written again since the
+    delete stays). Call under :func:`lock_keys`.
+
+    PENDING rows are left alone: their publisher checks the removal record under the same lock."""
+    current = _once(current)
     with translated("removing an object"):
+        _record_removal(session, bucket, key, sequencer)
         rows = session.scalars(
             select(ImageRow).where(
                 ImageRow.bucket == bucket, ImageRow.key == key, ImageRow.status.in_((INDEXED, FAILED))
             )
         )
-        return [_remove(r) for r in rows if keep_etag is None or r.etag != keep_etag]
+        gone = []
+        for row in rows:
+            order = sequencer_order(row.sequencer, sequencer)
+            unknown_and_not_held = order is None and (current is None or current() != row.etag)
+            if unknown_and_not_held or (order is not None and order < 0):
+                gone.append(_remove(row))
+        return gone
+
+
+def _record_removal(session: Session, bucket: str, key: str, sequencer: str | None) -> None:
+    """Keep the key's latest removal (a late, older one does not replace a newer record)."""
+    row = session.get(RemovalRow, (bucket, key))
+    if row is None:
+        session.add(RemovalRow(bucket=bucket, key=key, sequencer=sequencer, removed=datetime.now(UTC)))
+        session.flush()
+    elif sequencer_order(sequencer, row.sequencer) != -1:
+        row.sequencer, row.removed = sequencer, datetime.now(UTC)
+
+
+def mark_removed(session: Session, image_id: int) -> None:
+    """A reserved version that was deleted before it could be published."""
+    with translated("marking an image removed"):
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(status=REMOVED))
 
 
 def _remove(row: ImageRow) -> Unindexed:

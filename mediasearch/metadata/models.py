@@ -82,6 +82,8 @@ class ImageRow(Base):
     shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the S3 event's per-key sequencer (None: none was sent, e.g. a backfill): orders versions
+    sequencer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("bucket", "key", "etag", name="uq_images_bucket_key_etag"),
@@ -89,6 +91,20 @@ class ImageRow(Base):
         Index("ix_images_status", "status"),
         Index("ix_images_created", "created"),
     )
+
+
+class RemovalRow(Base):
+    """The latest ObjectRemoved event handled for a key (one row per key, replaced by later ones).
+
+    A create event whose version was fetched before the delete but is published after it finds
+    this row and does not come back; ``sequencer`` orders the two when S3 sent one."""
+
+    __tablename__ = "removals"
+
+    bucket: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    sequencer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    removed: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
 
 # -- API keys (the gateway's callers) -------------------------------------------------------

@@ -105,3 +105,19 @@ def test_sns_envelope_is_unwrapped_including_a_test_event_inside_it() -> None:
 def test_a_body_that_is_not_an_s3_event_is_rejected_as_invalid_input(garbage: str) -> None:
     with pytest.raises(InvalidInput):
         parse_message(garbage)
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("0055aed6dcd90281e5", "0055AED6DCD90281E5"),  # hex, stored upper-case (compared padded)
+        ("not-hex", None),
+        ("F" * 65, None),  # longer than the column: absent, as if not sent
+        (12345, None),
+    ],
+)
+def test_a_sequencer_is_read_as_hex_or_as_absent(sent: object, read: str | None) -> None:
+    record = s3_record("ObjectRemoved:Delete", "a.jpg")
+    record["s3"]["object"]["sequencer"] = sent  # type: ignore[index]
+    (event,) = parse_message(body(record))
+    assert event.sequencer == read
