@@ -26,7 +26,8 @@ from mediasearch.indexer.items import IndexReport, Item
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.source import Delivery, Source
 from mediasearch.objects import ObjectReader, StoredObject
-from mediasearch.preprocess.image import prepare_image_with_size
+from mediasearch.preprocess.image import DecodeLimits
+from mediasearch.preprocess.pool import DecodePool, PoolKind
 from mediasearch.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,12 @@ class PipelineOptions(FromSettings):
     fetch_concurrency: int
     queue_items: int
     commit_max_items: int
-    decode_threads: int
     max_image_bytes: int
     max_image_pixels: int
     max_image_aspect: float = 500.0
+    decode_workers: int = 0  # 0: one per core (preprocess/pool.py)
+    decode_pool: PoolKind = "process"
+    decode_exact: bool = False
     stop_grace_s: float = 20.0  # after stop: finish what is held for this long, then release the rest
     encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
     heartbeat_s: float = 5.0  # how often in-flight deliveries are kept invisible (at most)
@@ -60,7 +63,9 @@ class PipelineOptions(FromSettings):
             fetch_concurrency=settings.indexer_fetch_concurrency,
             queue_items=settings.indexer_queue_items,
             commit_max_items=settings.indexer_commit_max_items,
-            decode_threads=settings.image_decode_threads,
+            decode_workers=settings.image_decode_workers,
+            decode_pool=settings.image_decode_pool,
+            decode_exact=settings.image_decode_exact,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_image_aspect=settings.max_image_aspect,
@@ -98,7 +103,16 @@ class Pipeline:
         o = self.options
         self._loop = asyncio.get_running_loop()
         self._io = ThreadPoolExecutor(o.fetch_concurrency + 4, thread_name_prefix="indexer-io")
-        self._decode = ThreadPoolExecutor(o.decode_threads, thread_name_prefix="indexer-decode")
+        # the gateway's bounded path (reduced decoding, every intermediate bounded), so a hostile
+        # object in the bucket costs the indexer what it would cost the gateway
+        limits = DecodeLimits(o.max_image_bytes, o.max_image_pixels, o.max_image_aspect)
+        self._decode = DecodePool(
+            self.encoder.image_spec,
+            limits,
+            workers=o.decode_workers,
+            kind=o.decode_pool,
+            exact=o.decode_exact,
+        )
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="indexer-commit")
         q_fetch: asyncio.Queue[Any] = asyncio.Queue(o.queue_items)
         q_ready: asyncio.Queue[Any] = asyncio.Queue(o.queue_items)
@@ -122,8 +136,9 @@ class Pipeline:
                 done.set()
                 await beat
         finally:
-            for pool in (self._io, self._decode, self._commit_pool):
+            for pool in (self._io, self._commit_pool):
                 pool.shutdown(wait=True, cancel_futures=True)
+            self._decode.close()
             self.report.finished = time.monotonic()
         return self.report
 
@@ -242,7 +257,18 @@ class Pipeline:
             item.error = fetched.error
             return
         with self.metrics.timed("decode"):
-            await self._blocking(self._decode, self._decode_item, item)
+            try:
+                prepared = await self._decode.prepare(fetched.data or b"")
+            except MediaSearchError as exc:  # its worker died: try again later
+                log.warning("indexer: %s will be retried: %s", item.uri, exc)
+                item.outcome = "retry"
+                return
+            finally:
+                item.fetched = _without_data(fetched)
+        item.error = prepared.error
+        item.pixels = prepared.pixels
+        if prepared.size is not None:
+            item.width, item.height = prepared.size
 
     def _get(self, ev: ObjectEvent) -> StoredObject:
         return self.objects.get(ev.bucket, ev.key, if_match=ev.etag)
@@ -250,25 +276,6 @@ class Pipeline:
     async def _done(self, bucket: str, key: str, etag: str) -> bool:
         done: bool = await self._blocking(self._io, self.committer.already_done, bucket, key, etag)
         return done
-
-    def _decode_item(self, item: Item) -> None:
-        assert item.fetched is not None and item.fetched.data is not None
-        spec = self.encoder.image_spec
-        try:
-            # the gateway's bounded path (reduced decoding, every intermediate bounded), so a
-            # hostile object in the bucket costs the indexer what it would cost the gateway
-            item.pixels, (item.width, item.height) = prepare_image_with_size(
-                item.fetched.data,
-                spec,
-                max_bytes=self.options.max_image_bytes,
-                max_pixels=self.options.max_image_pixels,
-                max_aspect=self.options.max_image_aspect,
-            )
-        except MediaSearchError as exc:
-            item.error = str(exc)
-        except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image
-            item.error = f"cannot decode image: {exc!r}"
-        item.fetched = _without_data(item.fetched)
 
     # -- encode ---------------------------------------------------------------------------------
     async def _encode_loop(self, q_ready: asyncio.Queue[Any], q_commit: asyncio.Queue[Any]) -> None:

@@ -67,6 +67,7 @@ class ImageLimits(FromSettings):
     max_pixels: int
     decode_threads: int
     max_aspect: float
+    exact: bool = False  # decode large images at full size (MEDIASEARCH_IMAGE_DECODE_EXACT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageLimits:
@@ -75,6 +76,7 @@ class ImageLimits(FromSettings):
             max_pixels=settings.max_image_pixels,
             decode_threads=settings.image_decode_threads,
             max_aspect=settings.max_image_aspect,
+            exact=settings.image_decode_exact,
         )
 
     @property
@@ -173,6 +175,7 @@ class Encoder(ABC):
                 max_bytes=limits.max_bytes,
                 max_pixels=limits.max_pixels,
                 max_aspect=limits.max_aspect,
+                exact=limits.exact,
             )
         except ImageError:
             raise

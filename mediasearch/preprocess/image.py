@@ -149,6 +149,7 @@ def prepare_image(
     max_bytes: int | None = None,
     max_pixels: int | None = None,
     max_aspect: float | None = None,
+    exact: bool = False,
 ) -> NDArray[np.uint8]:
     """Encoded bytes -> the vision tower's uint8 HWC input (decode, orient, RGB, resize, crop)."""
     limits = _limits(max_bytes, max_pixels, max_aspect)
@@ -163,11 +164,12 @@ def prepare_image_with_size(
     max_bytes: int | None = None,
     max_pixels: int | None = None,
     max_aspect: float | None = None,
+    exact: bool = False,
 ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     """:func:`prepare_image` and the image's upright (width, height) as stored (for the indexer)."""
     limits = _limits(max_bytes, max_pixels, max_aspect)
     with _bounded() as work:
-        return _prepare(data, spec, limits, work)
+        return _prepare(data, spec, limits, work, exact)
 
 
 def normalize(pixels: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]) -> NDArray[np.float32]:
@@ -190,12 +192,12 @@ def _decode(data: bytes, limits: DecodeLimits, work: _Work) -> Image.Image:
 
 
 def _prepare(
-    data: bytes, spec: ImageSpec, limits: DecodeLimits, work: _Work
+    data: bytes, spec: ImageSpec, limits: DecodeLimits, work: _Work, exact: bool = False
 ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     with _translated_errors():
         img = open_image(data, limits)
         size = img.size
-        if min(size) < 4 * spec.resize:  # the exact path: as the reference does it
+        if exact or min(size) < 4 * spec.resize:  # the exact path: as the reference does it
             work.bytes = check_memory(img, limits, size)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
