@@ -383,3 +383,21 @@ def test_the_gateways_worst_image_decodes_fit_its_memory_limit() -> None:
     worst = Settings.defaults().image_decode_threads * max_decode_bytes(limits)
     limit = gateway["resources"]["limits"]["memory"]
     assert limit.endswith("Gi") and worst < 0.75 * int(limit[:-2]) * 2**30, (worst / 2**20, limit)
+
+
+def test_the_indexers_worst_image_decodes_and_downloads_fit_its_memory_limit() -> None:
+    from mediasearch.preprocess.image import DecodeLimits, max_decode_bytes
+
+    docs = chart.render("gpu")
+    pod = by_kind(docs, "Deployment")["ms-mediasearch-indexer"]["spec"]["template"]["spec"]
+    indexer = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in indexer["env"]}
+    workers = int(env["MEDIASEARCH_IMAGE_DECODE_WORKERS"])
+    defaults = Settings.defaults()  # the indexer keeps the settings' image limits
+    limits = DecodeLimits(defaults.max_image_bytes, defaults.max_image_pixels, defaults.max_image_aspect)
+    cpus = indexer["resources"]["limits"]["cpu"]
+    assert workers == int(cpus)  # one decode worker per CPU the pod may use
+    downloads = defaults.indexer_fetch_concurrency * defaults.max_image_bytes
+    worst = workers * max_decode_bytes(limits) + downloads + 2**30  # + the processes themselves
+    limit = indexer["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and worst < int(limit[:-2]) * 2**30, (worst / 2**20, limit)
