@@ -8,6 +8,8 @@ The only package that imports torch and transformers. Entry point: :func:`export
 - :mod:`mediasearch.export.towers`: the two towers as ONNX graphs, and the parity gate against PyTorch.
 - :mod:`mediasearch.export.triton_config`: ``config.pbtxt`` in its flavours (GPU onnxruntime, CPU
   python, TensorRT) from the manifest's tensor specs, and the CPU flavour's ``model.py``.
+- :mod:`mediasearch.export.dali`: the optional GPU-decode flavour (``--dali``): a DALI preprocessing
+  model and the ``<name>_vision_bytes`` ensemble that takes encoded image bytes.
 - :mod:`mediasearch.export.publish`: staging and the atomic publish into the model repository.
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from mediasearch.errors import ConfigError
 from mediasearch.export import towers
 from mediasearch.export.checkpoint import load_checkpoint
+from mediasearch.export.dali import bytes_specs, write_bytes_models
 from mediasearch.export.publish import publish, sha256_file, staging
 from mediasearch.export.triton_config import CPU_MODEL_PY, Flavour, model_config, render
 from mediasearch.model_manifest import (
@@ -59,8 +60,14 @@ def serving_specs(name: str, dim: int, crop: int) -> tuple[ServingSpec, ServingS
     return text, vision
 
 
-def export_model(source: str, out: str | Path = "model_repository", name: str = "clip") -> ExportReport:
-    """Export ``source`` (local CLIP directory or Hugging Face id) into the model repository ``out``."""
+def export_model(
+    source: str, out: str | Path = "model_repository", name: str = "clip", *, dali: bool = False
+) -> ExportReport:
+    """Export ``source`` (local CLIP directory or Hugging Face id) into the model repository ``out``.
+
+    ``dali``: also the GPU-decode flavour (:mod:`mediasearch.export.dali`); without it, the models
+    of an earlier ``dali`` export are taken out of the repository once the new manifest is in.
+    """
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"model name {name!r} must be letters, digits, '-' or '_'")
     started = time.perf_counter()
@@ -95,6 +102,13 @@ def export_model(source: str, out: str | Path = "model_repository", name: str = 
         version = f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
         for spec, onnx_file in ((text_spec, text_onnx), (vision_spec, vision_onnx)):
             _write_model_dir(stage / spec.model, spec, onnx_file, version=version, pad_id=pad_id)
+        bytes_spec: ServingSpec | None = None
+        bytes_files: dict[str, str] = {}
+        if dali:
+            bytes_spec, bytes_files = write_bytes_models(
+                stage, name, vision_spec, ckpt.image, version=version
+            )
+        bytes_models = [s.model for s in bytes_specs(name, vision_spec)]
 
         manifest = ModelManifest(
             name=name,
@@ -110,13 +124,19 @@ def export_model(source: str, out: str | Path = "model_repository", name: str = 
                 f"{text_spec.model}/1/model.onnx": files[text_onnx.name],
                 f"{vision_spec.model}/1/model.onnx": files[vision_onnx.name],
                 tok_path.name: files[tok_path.name],
+                **bytes_files,
             },
+            vision_bytes=bytes_spec,
         )
         (stage / f"{name}{MANIFEST_SUFFIX}").write_text(manifest.to_json())
         text_bytes = (stage / text_spec.model / "1" / "model.onnx").stat().st_size
         vision_bytes = (stage / vision_spec.model / "1" / "model.onnx").stat().st_size
+        models = [text_spec.model, vision_spec.model, *(bytes_models if dali else [])]
         publish(
-            stage, repository, [text_spec.model, vision_spec.model, tok_path.name, f"{name}{MANIFEST_SUFFIX}"]
+            stage,
+            repository,
+            [*models, tok_path.name, f"{name}{MANIFEST_SUFFIX}"],
+            remove=[] if dali else bytes_models,
         )
     log.info("published %s (%s) into %s", name, version, repository)
     return ExportReport(manifest, parity, time.perf_counter() - started, text_bytes, vision_bytes)

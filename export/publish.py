@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,8 +28,9 @@ def staging(repository: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def publish(stage: Path, repository: Path, entries: list[str]) -> None:
-    """Move ``entries`` (relative names in ``stage``) into ``repository``, in order.
+def publish(stage: Path, repository: Path, entries: list[str], *, remove: Sequence[str] = ()) -> None:
+    """Move ``entries`` (relative names in ``stage``) into ``repository``, in order, then move the
+    folders named in ``remove`` out of it (models an earlier export had and this one has not).
 
     Put the manifest last: until it is renamed in, readers keep seeing the previous manifest.
     """
@@ -42,6 +43,9 @@ def publish(stage: Path, repository: Path, entries: list[str]) -> None:
         if dst.is_dir():  # a folder cannot be renamed over a non-empty one: move the old one aside
             os.replace(dst, trash / name)
         os.replace(src, dst)  # a file is replaced atomically
+    for name in remove:
+        if (repository / name).is_dir():
+            os.replace(repository / name, trash / name)
     _fsync_dir(repository)
 
 

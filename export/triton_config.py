@@ -12,10 +12,16 @@
 All four share model name, tensor names, dtypes, ``max_batch_size`` and ``dynamic_batching``. They
 are built as ``ModelConfig`` protobuf messages (Triton's own schema, shipped in tritonclient), so a
 config that Triton could not parse cannot be written.
+
+The optional GPU-decode flavour (``mediasearch export --dali``, :mod:`mediasearch.export.dali`) adds
+two models with one ``config.pbtxt`` each (Triton falls back to it whatever ``--model-config-name``
+says): :func:`dali_config`, ``backend: "dali"`` on ``KIND_GPU``, and :func:`ensemble_config`,
+``platform: "ensemble"`` chaining models output to input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 from google.protobuf import text_format
@@ -24,6 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from mediasearch.model_manifest import PAD_ID_PARAMETER, VERSION_PARAMETER, ServingSpec, TensorSpec
 
 CPU_INSTANCES = 2
+DALI_THREADS = 4  # CPU threads of the DALI pipeline (parsing, the hybrid decoder's host part)
 
 
 class Flavour(StrEnum):
@@ -41,11 +48,8 @@ def _tensor(spec: TensorSpec, message: type) -> object:
     return message(name=spec.name, data_type=mc.DataType.Value(f"TYPE_{spec.dtype}"), dims=list(spec.dims))
 
 
-def model_config(
-    spec: ServingSpec, flavour: Flavour, *, version: str, pad_id: int | None = None
-) -> mc.ModelConfig:
-    """The ``ModelConfig`` message of one model in one flavour."""
-    cfg = mc.ModelConfig(
+def _batched(spec: ServingSpec) -> mc.ModelConfig:
+    return mc.ModelConfig(
         name=spec.model,
         max_batch_size=spec.max_batch_size,
         input=[_tensor(t, mc.ModelInput) for t in spec.inputs],
@@ -56,6 +60,13 @@ def model_config(
         ),
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
     )
+
+
+def model_config(
+    spec: ServingSpec, flavour: Flavour, *, version: str, pad_id: int | None = None
+) -> mc.ModelConfig:
+    """The ``ModelConfig`` message of one model in one flavour."""
+    cfg = _batched(spec)
     if flavour is Flavour.GPU:
         cfg.backend = "onnxruntime"
         cfg.default_model_filename = "model.onnx"
@@ -80,6 +91,53 @@ def model_config(
     cfg.parameters[VERSION_PARAMETER].string_value = version
     if pad_id is not None:
         cfg.parameters[PAD_ID_PARAMETER].string_value = str(pad_id)
+    return cfg
+
+
+def dali_config(spec: ServingSpec, *, version: str, threads: int = DALI_THREADS) -> mc.ModelConfig:
+    """A DALI pipeline as a Triton model (``1/dali.py``, serialized by the backend at load).
+
+    Its inputs are encoded files, one per request, of any length: ``allow_ragged_batch`` lets the
+    dynamic batcher merge requests whose ``[1, bytes]`` shapes differ (the DALI backend takes each
+    request's row as one sample), so clients never pad.
+    """
+    cfg = _batched(spec)
+    for tensor in cfg.input:
+        tensor.allow_ragged_batch = True
+    cfg.backend = "dali"
+    # One instance: DALI's memory pools grow per instance (the DALI backend's known limitations).
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    cfg.parameters["num_threads"].string_value = str(threads)
+    cfg.parameters[VERSION_PARAMETER].string_value = version
+    return cfg
+
+
+def ensemble_config(spec: ServingSpec, chain: Sequence[ServingSpec], *, version: str) -> mc.ModelConfig:
+    """``spec`` as a Triton ensemble that runs ``chain`` in order, each model's (first) output into
+    the next one's (first) input: the ensemble's input feeds the first, the last one's output is
+    the ensemble's. No batching of its own: each step's model batches."""
+    cfg = mc.ModelConfig(
+        name=spec.model,
+        platform="ensemble",
+        max_batch_size=spec.max_batch_size,
+        input=[_tensor(t, mc.ModelInput) for t in spec.inputs],
+        output=[_tensor(t, mc.ModelOutput) for t in spec.outputs],
+    )
+    for tensor in cfg.input:
+        tensor.allow_ragged_batch = True  # passed through to the first step's ragged input
+    source = spec.input.name
+    for i, model in enumerate(chain):
+        target = spec.output.name if i == len(chain) - 1 else f"{model.model}__{model.output.name}"
+        cfg.ensemble_scheduling.step.append(
+            mc.ModelEnsembling.Step(
+                model_name=model.model,
+                model_version=-1,  # the latest, as every model's version policy serves one
+                input_map={model.input.name: source},
+                output_map={model.output.name: target},
+            )
+        )
+        source = target
+    cfg.parameters[VERSION_PARAMETER].string_value = version
     return cfg
 
 

@@ -67,6 +67,9 @@ class ModelManifest:
     text: ServingSpec
     vision: ServingSpec
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    # The optional GPU-decode flavour (`mediasearch export --dali`): a Triton ensemble that takes
+    # encoded image bytes (DALI decode + resize + crop, then the vision tower). None: not exported.
+    vision_bytes: ServingSpec | None = None
     format_version: int = FORMAT_VERSION
 
     # -- locations -------------------------------------------------------------------------
@@ -108,6 +111,7 @@ class ModelManifest:
             text=_serving_from_dict(raw["text"]),
             vision=_serving_from_dict(raw["vision"]),
             files=dict(raw.get("files", {})),
+            vision_bytes=_serving_from_dict(raw["vision_bytes"]) if raw.get("vision_bytes") else None,
         )
 
     @classmethod

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     triton_client_batching: bool = Field(
         default=True, description="Coalesce this process's concurrent queries before sending them to Triton."
     )
+    triton_image_bytes: bool = Field(
+        default=False,
+        description="Send encoded JPEG/PNG files to the <name>_vision_bytes ensemble (DALI decodes them on "
+        "Triton's GPU) instead of decoding them here, when the model was exported with `--dali`. Other "
+        "images (GIF, WebP, alpha, CMYK, 16-bit) and any the ensemble refuses are still decoded here.",
+    )
     triton_flavour: Literal["cpu", "gpu", "tensorrt"] = Field(
         default="cpu", description="Model config flavour `mediasearch triton` starts the local server with."
     )

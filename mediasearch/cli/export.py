@@ -30,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--name", help="model name prefix: <name>_text, <name>_vision (MEDIASEARCH_MODEL_NAME, clip)"
     )
+    p.add_argument(
+        "--dali",
+        action="store_true",
+        help="also publish the GPU-decode flavour: <name>_preprocess_dali (an NVIDIA DALI pipeline that "
+        "decodes, resizes and crops encoded images on the GPU) and the <name>_vision_bytes ensemble "
+        "(bytes in, embedding out). Only NVIDIA's Triton image on a GPU node serves them; the local "
+        "`mediasearch triton` cannot (docs/models.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "`pip install 'mediasearch[export]'`, or run it in the export image (`make image-export`)"
         )
     settings = settings.with_overrides(model_repository=args.out, model_name=args.name)
-    report = export_model(args.model, settings.model_repository, settings.model_name)
+    report = export_model(args.model, settings.model_repository, settings.model_name, dali=args.dali)
     m = report.manifest
     print(
         f"exported {m.source}\n"
@@ -57,4 +65,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"vision {report.vision_onnx_bytes / 1e6:.1f} MB\n"
         f"  published to     {settings.model_repository}/ in {report.seconds:.1f}s"
     )
+    if m.vision_bytes is not None:
+        print(
+            f"  GPU decode       {m.vision_bytes.model} (DALI + {m.vision.model}): serve it with NVIDIA's "
+            f"Triton image on a GPU; encoders use it with MEDIASEARCH_TRITON_IMAGE_BYTES=true"
+        )
     return 0

@@ -110,6 +110,14 @@ class Encoder(ABC):
     @abstractmethod
     def embedding_dim(self) -> int: ...
 
+    @property
+    def accepts_encoded_images(self) -> bool:
+        """Whether :meth:`encode_images` hands most files to the server to decode (Triton's bytes
+        ensemble, DALI on the GPU) instead of decoding them here. A caller that decodes before
+        encoding (the indexer) should then pass the files to :meth:`encode_images` rather than its
+        own pixels to :meth:`encode_pixels`. False unless a subclass says otherwise."""
+        return False
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect, load and check what is needed; call once before encoding."""

@@ -22,6 +22,13 @@ queued request whose shape differs. So:
    the CPU flavour with 32 concurrent single-query callers); with it, ~8-12.
 
 Large inputs are split into ``max_batch_size`` chunks that are sent concurrently.
+
+Images as bytes. With a model exported with ``--dali`` and ``image_bytes`` set,
+:meth:`TritonEncoder.encode_images` sends JPEG and PNG files as they are to ``<name>_vision_bytes``
+(DALI decodes them on Triton's GPU; :mod:`mediasearch.encoders.image_bytes`), one request per image,
+and decodes here only the others. Triton fails a whole DALI batch when one file in it is corrupt, so
+an image the ensemble refuses is decoded here instead: a corrupt one gets its precise error, its
+batch-mates their vectors (from Pillow's pixels).
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders._triton_rpc import call_with_retries, config_differences, mismatch
-from mediasearch.encoders.base import ExportedModelEncoder, ImageLimits, empty_embeddings
+from mediasearch.encoders.base import ExportedModelEncoder, ImageEmbeddings, ImageLimits, empty_embeddings
+from mediasearch.encoders.image_bytes import ImageProbe, bytes_request, probe_image
 from mediasearch.encoders.text_batches import bucket_groups, pad_rows
-from mediasearch.errors import DeadlineExceeded, Unavailable
+from mediasearch.errors import DeadlineExceeded, ImageError, ModelError, Unavailable
 from mediasearch.model_manifest import ServingSpec
 from mediasearch.settings import FromSettings, Settings
 
@@ -66,6 +74,7 @@ class TritonClientOptions(FromSettings):
     backoff_s: float = 0.05  # first pause before a retry; doubles each time
     max_inflight: int = 2  # coalesced text requests in flight at once
     tls_ca: Path | None = None  # set: gRPC over TLS, Triton's certificate checked against this CA
+    image_bytes: bool = False  # send encoded images to <name>_vision_bytes when the manifest has it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClientOptions:
@@ -78,6 +87,7 @@ class TritonClientOptions(FromSettings):
             client_batching=settings.triton_client_batching,
             max_wait_s=settings.encoder_max_wait_ms / 1000.0,
             tls_ca=settings.internal_tls_ca,
+            image_bytes=settings.triton_image_bytes,
         )
 
 
@@ -101,6 +111,11 @@ class TritonEncoder(ExportedModelEncoder):
     def url(self) -> str:
         return self.options.url
 
+    @property
+    def accepts_encoded_images(self) -> bool:
+        """Set (``image_bytes``) and exported (the manifest has the ``--dali`` ensemble)."""
+        return self.options.image_bytes and self.manifest.vision_bytes is not None
+
     async def start(self) -> None:
         """Open the channel and check that Triton serves exactly the manifest's models."""
         await super().start()
@@ -110,8 +125,17 @@ class TritonEncoder(ExportedModelEncoder):
         self._client = grpcaio.InferenceServerClient(
             self.url, ssl=ca is not None, root_certificates=str(ca) if ca else None
         )
+        if self.options.image_bytes and self.manifest.vision_bytes is None:
+            log.warning(
+                "image bytes are enabled but %s has no bytes ensemble (export with --dali): images "
+                "are decoded here",
+                self.manifest.version,
+            )
+        specs = [self.manifest.text, self.manifest.vision]
+        if self.accepts_encoded_images and self.manifest.vision_bytes is not None:
+            specs.append(self.manifest.vision_bytes)
         try:
-            for spec in (self.manifest.text, self.manifest.vision):
+            for spec in specs:
                 await self._check_model(spec)
         except BaseException:
             await self.close()
@@ -158,7 +182,58 @@ class TritonEncoder(ExportedModelEncoder):
             parts = await asyncio.gather(*(self._infer(self.manifest.vision, c) for c in chunks))
         return np.concatenate(parts)
 
+    async def encode_images(self, images: Sequence[bytes]) -> ImageEmbeddings:
+        """With the bytes ensemble (:attr:`accepts_encoded_images`): JPEG and PNG files go to Triton
+        as they are, the rest is decoded here; otherwise all are decoded here (the base class)."""
+        spec = self.manifest.vision_bytes
+        if not self.accepts_encoded_images or spec is None:
+            return await super().encode_images(images)
+        probes = await asyncio.gather(*(self._probe(data) for data in images))
+        errors: list[ImageError | None] = [p if isinstance(p, ImageError) else None for p in probes]
+        vectors = np.zeros((len(images), self.embedding_dim), dtype=np.float32)
+        sent = [i for i, p in enumerate(probes) if isinstance(p, ImageProbe) and p.gpu]
+        here = [i for i, p in enumerate(probes) if isinstance(p, ImageProbe) and not p.gpu]
+        async with self._deadline(f"encoding {len(sent)} images from their bytes"):
+            results = await asyncio.gather(*(self._infer_bytes(spec, images[i]) for i in sent))
+        for i, vector in zip(sent, results, strict=True):
+            if vector is None:
+                here.append(i)
+            else:
+                vectors[i] = vector
+        if here:
+            decoded = await super().encode_images([images[i] for i in here])
+            for k, i in enumerate(here):
+                vectors[i], errors[i] = decoded.vectors[k], decoded.errors[k]
+        return ImageEmbeddings(vectors, tuple(errors))
+
     # -- requests ---------------------------------------------------------------------------
+    async def _probe(self, data: bytes) -> ImageProbe | ImageError:
+        if self._decode_pool is None:
+            raise RuntimeError("TritonEncoder.start() was not awaited")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._decode_pool, probe_image, data, self.limits.decode)
+        except ImageError as exc:
+            return exc
+
+    async def _infer_bytes(self, spec: ServingSpec, data: bytes) -> Vector | None:
+        """One image's embedding from its file, or None when Triton refused it (decode it here)."""
+        client = self._connected()
+        tensor = bytes_request(spec, data)
+        wanted = [InferRequestedOutput(spec.output.name)]
+
+        async def attempt(remaining: float) -> Any:
+            return await client.infer(spec.model, [tensor], outputs=wanted, client_timeout=remaining)
+
+        try:
+            result = await self._call(attempt, f"infer {spec.model} [1, {len(data)}]")
+        except ModelError as exc:
+            if type(exc) is not ModelError:  # only the request's own failure, never a mismatch
+                raise
+            log.info("%s refused an image of %d bytes; decoding it here: %s", spec.model, len(data), exc)
+            return None
+        return np.asarray(result.as_numpy(spec.output.name), dtype=np.float32)[0]
+
     async def _text_rows(self, rows: list[list[int]]) -> list[Vector]:
         """Rows cut by length into bucket-padded requests of <= ``max_batch_size`` rows, sent at once."""
         spec = self.manifest.text
