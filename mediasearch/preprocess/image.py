@@ -151,10 +151,13 @@ def prepare_image(
     max_aspect: float | None = None,
     exact: bool = False,
 ) -> NDArray[np.uint8]:
-    """Encoded bytes -> the vision tower's uint8 HWC input (decode, orient, RGB, resize, crop)."""
+    """Encoded bytes -> the vision tower's uint8 HWC input (decode, orient, RGB, resize, crop).
+
+    Large images are decoded reduced (the module's doc says how, and how close it is); ``exact``
+    decodes them at full size as the reference processor does (parity tests, measurements)."""
     limits = _limits(max_bytes, max_pixels, max_aspect)
     with _bounded() as work:  # trims once the images are gone: this frame holds none
-        return _prepare(data, spec, limits, work)[0]
+        return _prepare(data, spec, limits, work, exact)[0]
 
 
 def prepare_image_with_size(

@@ -336,3 +336,15 @@ def test_large_images_of_every_mode_decode_reduced_close_to_the_exact_path(name:
     data = _large_modes()[name]
     diff = np.abs(prepare_image(data, SPEC).astype(int) - _reference(data).astype(int))
     assert diff.max() <= 8 and diff.mean() < 1.0  # measured: at most 4, mean 0.48 (palettes)
+
+
+def test_the_exact_path_is_selectable_and_is_the_reference_on_a_large_photo() -> None:
+    from skimage import data as sk
+
+    data = _encode(
+        Image.fromarray(sk.coffee()).resize((4000, 3000), Image.Resampling.BICUBIC), "JPEG", quality=95
+    )
+    exact = prepare_image(data, SPEC, exact=True)
+    np.testing.assert_array_equal(exact, _reference(data))
+    assert not np.array_equal(prepare_image(data, SPEC), exact)  # the default decodes it reduced
+    assert np.array_equal(prepare_image_with_size(data, SPEC, exact=True)[0], exact)
