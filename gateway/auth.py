@@ -16,7 +16,9 @@ revoked key is refused by every replica within that time (the issue's bound is 5
 the cache triggers a re-read (misses arriving together share one, and they are at least 0.1 s
 apart, so random keys cannot turn into a database load), so a key created a moment ago works on
 its first call. Last-use times are written
-back in one transaction per refresh, not per call.
+back in one transaction per refresh, not per call. While the database is down the cached keys keep
+working (revocations wait for it), and a key that is not cached is answered UNAVAILABLE: it cannot
+be checked, which is not the same as being unknown.
 
 The check costs a SHA-256 of the key and a dictionary probe. Measured with ``make bench-query
 ARGS=--auth`` (keys on vs off, same run): no difference at concurrency 1 (GetImage p50 1.15 ms
@@ -36,8 +38,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.errors import MediaSearchError, Overloaded, PermissionDenied, Unauthenticated
+from mediasearch.errors import MediaSearchError, Overloaded, PermissionDenied, Unauthenticated, Unavailable
 from mediasearch.metadata.api_keys import ApiKey, active_keys, hash_key, record_use
+from mediasearch.metadata.db import translated
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class KeyCache:
         self.sessions, self.refresh_s = sessions, refresh_s
         self.keys: dict[str, ApiKey] = {}
         self.read_started = 0.0  # monotonic time the last re-read began
+        self.read_error: MediaSearchError | None = None  # why the last re-read failed, if it did
         self._used: dict[str, float] = {}  # key hash -> unix time of its last call
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -132,6 +136,8 @@ class KeyCache:
                     await asyncio.sleep(max(0.0, self.read_started + _MISS_REFRESH_S - missed))
                     await self._refresh_locked()
             found = self.lookup(key)
+            if found is None and self.read_error is not None:
+                raise Unavailable(f"the API key cannot be checked now: {self.read_error}")
         return found
 
     async def refresh(self) -> None:
@@ -142,9 +148,11 @@ class KeyCache:
         self.read_started = time.monotonic()
         try:
             self.keys = await asyncio.to_thread(self._read)
+            self.read_error = None
         except MediaSearchError as exc:
             # keep serving the keys we have; a revocation waits for the database to answer
             log.warning("could not re-read API keys (keeping %d cached): %s", len(self.keys), exc)
+            self.read_error = exc
 
     def _read(self) -> dict[str, ApiKey]:
         with self.sessions() as session:
@@ -163,7 +171,7 @@ class KeyCache:
         used = {key: datetime.fromtimestamp(t, UTC) for key, t in stamps.items()}
 
         def write() -> None:
-            with self.sessions.begin() as session:
+            with translated("recording API key use"), self.sessions.begin() as session:
                 record_use(session, used)
 
         try:

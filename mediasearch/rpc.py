@@ -149,11 +149,11 @@ class AsyncErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         incoming = dict(handler_call_details.invocation_metadata or ())
         observe = self.observe
-        refusal: errors.MediaSearchError | None = None
+        refusal: Exception | None = None  # raised in the call below: answered like a handler's error
         if self.authorize is not None:
             try:
                 await self.authorize(handler_call_details.method, handler_call_details.invocation_metadata)
-            except errors.MediaSearchError as exc:
+            except Exception as exc:
                 refusal = exc
         # a refused caller's bytes are not parsed
         deserialize = _unread if refusal is not None else self._lenient(handler.request_deserializer)

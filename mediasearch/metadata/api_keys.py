@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mediasearch.errors import Conflict, InvalidInput, NotFound
+from mediasearch.metadata.db import translated
 from mediasearch.metadata.models import SCOPES, ApiKeyRow, utcnow
 
 KEY_PREFIX = "ms_"
@@ -77,10 +78,11 @@ def create_key(
         created=utcnow(),
     )
     session.add(row)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"a key named {name!r} exists: revoke it first or pick another name") from exc
+    with translated("creating an API key"):
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"a key named {name!r} exists: revoke it first or pick another name") from exc
     return key
 
 
@@ -88,11 +90,13 @@ def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]
     query = select(ApiKeyRow).order_by(ApiKeyRow.created, ApiKeyRow.id)
     if not include_revoked:
         query = query.where(ApiKeyRow.revoked.is_(None))
-    return [_key(row) for row in session.scalars(query)]
+    with translated("reading API keys"):
+        return [_key(row) for row in session.scalars(query)]
 
 
 def revoke_key(session: Session, name: str) -> None:
-    row = session.scalars(select(ApiKeyRow).where(ApiKeyRow.name == name)).one_or_none()
+    with translated("reading API keys"):
+        row = session.scalars(select(ApiKeyRow).where(ApiKeyRow.name == name)).one_or_none()
     if row is None:
         raise NotFound(f"no key named {name!r} (mediasearch keys list shows them)")
     if row.revoked is None:
@@ -108,8 +112,9 @@ def active_keys(session: Session) -> dict[str, ApiKey]:
 
 def record_use(session: Session, last_used: Mapping[str, datetime]) -> None:
     """Set ``last_used`` of the keys with these hashes (one statement per key, in one transaction)."""
-    for key_hash, when in last_used.items():
-        session.execute(update(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash).values(last_used=when))
+    with translated("recording API key use"):
+        for key_hash, when in last_used.items():
+            session.execute(update(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash).values(last_used=when))
 
 
 def _key(row: ApiKeyRow) -> ApiKey:

@@ -100,16 +100,18 @@ def migrated_engine(url: str, **kwargs: Any) -> Iterator[Engine]:
 
 @contextlib.contextmanager
 def translated(what: str) -> Iterator[None]:
-    """Turn sqlalchemy errors into Unavailable (can't reach/lock) or Conflict (serialisation)."""
+    """Turn sqlalchemy errors into Conflict (serialisation, deadlock, duplicate key: retry) or
+    Unavailable (the database is down, unreachable or refused the statement)."""
     try:
         yield
     except MediaSearchError:
         raise
-    except OperationalError as exc:
-        raise Unavailable(f"{what}: database unavailable ({exc.orig!r})") from exc
     except DBAPIError as exc:
+        # before OperationalError: psycopg's serialisation failures and deadlocks are operational
         if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01", "23505"):
             raise Conflict(f"{what}: {exc.orig}") from exc
+        if isinstance(exc, OperationalError):
+            raise Unavailable(f"{what}: the metadata database is unavailable: {exc.orig}") from exc
         raise Unavailable(f"{what}: {exc.orig!r}") from exc
     except SQLAlchemyError as exc:
         raise Unavailable(f"{what}: {exc!r}") from exc

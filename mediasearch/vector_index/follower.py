@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.errors import MediaSearchError
+from mediasearch.errors import MediaSearchError, Unavailable
 from mediasearch.metadata.segment_manifest import NOTIFY_CHANNEL, ShardManifest, load_shard_manifest
 from mediasearch.settings import Settings
 from mediasearch.vector_index.shard import Shard
@@ -66,13 +67,25 @@ class ManifestFollower:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        failing_since: float | None = None  # an outage is logged when it starts and when it ends
         while not self._stop.is_set():
             try:
                 self.sync_once()
                 ok = True
+            except Unavailable as exc:  # the database or the store: it comes back, the view stays
+                if failing_since is None:
+                    log.warning(
+                        "shard %d: manifest sync failed; serving the last view until it works again: %s",
+                        self.shard.shard_id, exc,
+                    )  # fmt: skip
+                ok = False
             except MediaSearchError:
                 log.exception("shard %d: manifest sync failed; serving the last view", self.shard.shard_id)
                 ok = False
+            if ok and failing_since is not None:
+                log.info("shard %d: manifest sync works again after %.1fs", self.shard.shard_id,
+                         time.monotonic() - failing_since)  # fmt: skip
+            failing_since = None if ok else (failing_since or time.monotonic())
             if self.on_sync is not None:
                 self.on_sync(ok)
             self._wake.wait(self.interval)
