@@ -308,7 +308,8 @@ def test_large_rotated_photos_decode_reduced_in_the_right_orientation(fmt: str, 
     pixels, size = prepare_image_with_size(data, SPEC)
     diff = np.abs(pixels.astype(int) - _reference(data).astype(int))
     assert size == ((1300, 1900) if orientation >= 5 else (1900, 1300))
-    assert diff.max() <= 8 and diff.mean() < 0.5  # measured: at most 5, mean 0.22, in every orientation
+    # measured: at most 13, mean 0.68 in every orientation (the JPEG decoded at 1/4 scale)
+    assert diff.max() <= 16 and diff.mean() < 0.8
 
 
 @functools.cache
@@ -335,7 +336,7 @@ def _large_modes() -> dict[str, bytes]:
 def test_large_images_of_every_mode_decode_reduced_close_to_the_exact_path(name: str) -> None:
     data = _large_modes()[name]
     diff = np.abs(prepare_image(data, SPEC).astype(int) - _reference(data).astype(int))
-    assert diff.max() <= 8 and diff.mean() < 1.0  # measured: at most 4, mean 0.48 (palettes)
+    assert diff.max() <= 16 and diff.mean() < 1.0  # measured: at most 14 (JPEG), mean 0.48 (palettes)
 
 
 def test_the_exact_path_is_selectable_and_is_the_reference_on_a_large_photo() -> None:
