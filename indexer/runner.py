@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mediasearch.encoders.base import Encoder
+from mediasearch.encoders.image_bytes import probe_image
 from mediasearch.errors import Conflict, MediaSearchError, NotFound
 from mediasearch.indexer.commit import Committer, stages
 from mediasearch.indexer.events import ObjectEvent
@@ -176,8 +177,23 @@ class Pipeline:
         self, q_fetch: asyncio.Queue[Any], stop: asyncio.Event, idle_exit_s: float | None
     ) -> None:
         last_activity, backoff = time.monotonic(), 1.0
+        pause, seen = 0.0, (0, 0)  # (retried, processed) as of the last receive
         try:
             while not stop.is_set():
+                retried, processed = self.report.retried, self.report.processed
+                if processed > seen[1]:
+                    pause = 0.0
+                elif retried > seen[0]:  # everything that finished since then failed: an outage
+                    pause = min(max(1.0, pause * 2), 30.0)
+                    log.warning(
+                        "indexer: none of the last %d events could be processed; waiting %.0fs "
+                        "before receiving more", retried - seen[0], pause,
+                    )  # fmt: skip
+                    seen = (retried, processed)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
+                    continue
+                seen = (retried, processed)
                 room = max(1, min(10, q_fetch.maxsize - q_fetch.qsize()))
                 try:
                     deliveries = await self._blocking(self._io, self.source.receive, room)
@@ -214,8 +230,8 @@ class Pipeline:
             except TimeoutError:
                 try:
                     await self._blocking(self._io, self.source.heartbeat)
-                except MediaSearchError:
-                    log.warning("indexer: heartbeat failed", exc_info=True)
+                except MediaSearchError as exc:  # the queue is unreachable: try at the next beat
+                    log.warning("indexer: extending the visibility of messages in flight failed: %s", exc)
 
     # -- fetch + decode -------------------------------------------------------------------------
     async def _fetch_loop(self, q_fetch: asyncio.Queue[Any], q_ready: asyncio.Queue[Any]) -> None:
@@ -256,6 +272,8 @@ class Pipeline:
         if fetched.error is not None:
             item.error = fetched.error
             return
+        if self.encoder.accepts_encoded_images and await self._to_server(item, fetched):
+            return
         with self.metrics.timed("decode"):
             try:
                 prepared = await self._decode.prepare(fetched.data or b"")
@@ -269,6 +287,23 @@ class Pipeline:
         item.pixels = prepared.pixels
         if prepared.size is not None:
             item.width, item.height = prepared.size
+
+    async def _to_server(self, item: Item, fetched: StoredObject) -> bool:
+        """The encoder decodes on its server (Triton's bytes ensemble, DALI on the GPU): keep the
+        file for it when its header qualifies (checked with the same limits); False: decode here."""
+        o = self.options
+        limits = DecodeLimits(o.max_image_bytes, o.max_image_pixels, o.max_image_aspect)
+        try:
+            probe = await self._blocking(self._io, probe_image, fetched.data or b"", limits)
+        except MediaSearchError as exc:
+            item.error = str(exc)
+            item.fetched = _without_data(fetched)
+            return True
+        if not probe.gpu:
+            return False
+        item.encoded, (item.width, item.height) = fetched.data, (probe.width, probe.height)
+        item.fetched = _without_data(fetched)
+        return True
 
     def _get(self, ev: ObjectEvent) -> StoredObject:
         return self.objects.get(ev.bucket, ev.key, if_match=ev.etag)
@@ -287,7 +322,7 @@ class Pipeline:
             first = await q_ready.get()
             if first is _END:
                 break
-            batch, pixels = [first], int(first.pixels is not None)
+            batch, pixels = [first], int(_ready(first))
             deadline = time.monotonic() + o.batch_wait_s
             while pixels < o.batch_size:
                 try:
@@ -298,7 +333,7 @@ class Pipeline:
                     ended = True
                     break
                 batch.append(nxt)
-                pixels += nxt.pixels is not None
+                pixels += _ready(nxt)
             await gate.acquire()
             task = asyncio.create_task(self._encode_batch(batch, q_commit, gate))
             running.add(task)
@@ -314,22 +349,29 @@ class Pipeline:
 
         try:
             todo = [it for it in batch if it.pixels is not None]
-            if todo:
-                self.metrics.batch.observe(len(todo))
+            files = [it for it in batch if it.encoded is not None]
+            if todo or files:
+                self.metrics.batch.observe(len(todo) + len(files))
                 try:
                     with self.metrics.timed("encode"):
-                        vectors = await self.encoder.encode_pixels(
-                            np.stack([it.pixels for it in todo if it.pixels is not None])
-                        )
+                        if todo:
+                            vectors = await self.encoder.encode_pixels(
+                                np.stack([it.pixels for it in todo if it.pixels is not None])
+                            )
+                            for it, vec in zip(todo, vectors, strict=True):
+                                it.vector = vec
+                        if files:  # decoded by the encoder's server; a bad file fails alone
+                            got = await self.encoder.encode_images([it.encoded or b"" for it in files])
+                            for it, vec, err in zip(files, got.vectors, got.errors, strict=True):
+                                it.vector, it.error = (vec, None) if err is None else (None, str(err))
                 except MediaSearchError as exc:
-                    log.warning("indexer: encoding %d images failed, will retry: %s", len(todo), exc)
-                    for it in todo:
-                        it.outcome = "retry"
-                else:
-                    for it, vec in zip(todo, vectors, strict=True):
-                        it.vector = vec
-                for it in todo:
-                    it.pixels = None
+                    log.warning(
+                        "indexer: encoding %d images failed, will retry: %s", len(todo) + len(files), exc
+                    )
+                    for it in (*todo, *files):
+                        it.outcome, it.vector = "retry", None
+                for it in (*todo, *files):
+                    it.pixels = it.encoded = None
         finally:
             gate.release()
         await q_commit.put(batch)
@@ -357,8 +399,11 @@ class Pipeline:
         try:
             with self.metrics.timed("commit"):
                 await self._blocking(self._commit_pool, self.committer.commit, items)
-        except (MediaSearchError, OSError):  # database, store or disk: the events come back later
-            log.exception("indexer: committing %d events failed; they will be retried", len(items))
+        except (MediaSearchError, OSError) as exc:  # database, store or disk: the events come back later
+            log.warning(
+                "indexer: committing %d events failed; they will be retried: %s", len(items), exc,
+                exc_info=not isinstance(exc, MediaSearchError),  # an outage needs no traceback
+            )  # fmt: skip
             for it in items:
                 if it.outcome not in ("duplicate", "gone", "stale"):
                     it.outcome = "retry"
@@ -377,14 +422,22 @@ class Pipeline:
                 await self._blocking(self._io, self.source.ack, ack)
             if retry:
                 await self._blocking(self._io, self.source.retry, retry)
-        except MediaSearchError:  # not acknowledged: redelivered, then skipped as a duplicate
-            log.exception("indexer: acknowledging %d deliveries failed", len(ack))
+        except MediaSearchError as exc:  # not acknowledged: redelivered, then skipped as a duplicate
+            log.warning(
+                "indexer: acknowledging %d deliveries (returning %d) failed; they come back after "
+                "their visibility timeout: %s", len(ack), len(retry), exc,
+            )  # fmt: skip
         self._in_flight -= len(items)
         self.metrics.in_flight.dec(len(items))
         if ack:
             stages.info("indexer stage=acked deliveries=%d t=%.3f", len(ack), time.time())
         if self.progress is not None:
             self.progress(self.report, self.source.total)
+
+
+def _ready(item: Item) -> bool:
+    """Whether the item goes to the encoder (decoded pixels, or the file for a decoding server)."""
+    return item.pixels is not None or item.encoded is not None
 
 
 def _without_data(fetched: Any) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mediasearch.encoders import LocalEncoder
+from mediasearch.encoders.fake import FakeEncoder, fake_vector
 from mediasearch.indexer.commit import Committer
 from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.folder import index_folder
@@ -293,3 +294,66 @@ def test_metrics_count_outcomes_and_time_every_stage(settings: Settings, tmp_pat
     assert counts["encode"] == 1  # one image could be encoded: one encoder call
     assert counts["commit"] >= 1  # per batch (the failed image may commit in its own)
     assert "mediasearch_indexer_in_flight 0.0" in text
+
+
+class _ServerDecodingEncoder(FakeEncoder):
+    """An encoder whose server decodes files (as Triton's bytes ensemble does); it records what it
+    was sent, and refuses a file that is corrupt past its header, as DALI would."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=32)
+        self.files: list[bytes] = []
+        self.pixel_images = 0
+
+    @property
+    def accepts_encoded_images(self) -> bool:
+        return True
+
+    async def encode_images(self, images):  # type: ignore[no-untyped-def]
+        from mediasearch.encoders.base import ImageEmbeddings
+        from mediasearch.errors import ImageError
+
+        self.files.extend(images)
+        errors = tuple(ImageError("corrupt JPEG data") if b"\xff\xd9" not in d else None for d in images)
+        vectors = np.stack([fake_vector(d, self.dim) for d in images])
+        return ImageEmbeddings(vectors, errors)
+
+    async def encode_pixels(self, pixels):  # type: ignore[no-untyped-def]
+        self.pixel_images += len(pixels)
+        return await super().encode_pixels(pixels)
+
+
+def test_with_an_encoder_that_decodes_on_its_server_the_indexer_sends_the_files_it_can_take(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    rgba = io.BytesIO()
+    Image.new("RGBA", (40, 30), (10, 200, 30, 128)).save(rgba, "PNG")  # alpha: decoded here
+    truncated = scene_bytes(3)[:-400]  # the header is fine; the server finds the rest corrupt
+    files = {
+        "a.jpg": scene_bytes(1),
+        "b.jpg": scene_bytes(2),
+        "alpha.png": rgba.getvalue(),
+        "bad.jpg": truncated,
+    }
+    write(tmp_path / "f", files)
+    encoder = _ServerDecodingEncoder()
+
+    async def go() -> None:
+        async with encoder:
+            events = [ObjectEvent("created", "local", k) for k in files]
+            source = MemorySource([events])
+            await run_pipeline(
+                settings, source, FolderObjects(tmp_path / "f", max_bytes=10**6), encoder=encoder
+            )
+
+    asyncio.run(go())
+    assert sorted(encoder.files) == sorted([files["a.jpg"], files["b.jpg"], truncated])
+    assert encoder.pixel_images == 1  # the PNG with alpha, decoded by the indexer's workers
+    by_key = {r.key: r for r in rows(sessions_for(settings.database_url))}
+    assert {k: r.status for k, r in by_key.items()} == {
+        "a.jpg": INDEXED, "b.jpg": INDEXED, "alpha.png": INDEXED, "bad.jpg": FAILED,
+    }  # fmt: skip
+    assert "corrupt" in (by_key["bad.jpg"].error or "")
+    assert (by_key["a.jpg"].width, by_key["alpha.png"].width, by_key["alpha.png"].height) == (64, 40, 30)
