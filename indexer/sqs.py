@@ -16,6 +16,13 @@ Poison messages. A body that is not an S3 event, or a message received more than
 
 Objects that are not images (corrupt, truncated, too large) are not poison: they are recorded as
 FAILED rows and their messages acknowledged.
+
+Retries back off per message. A delivery that could not be processed now (its object, the
+database, the encoder or the segment store unreachable) reappears after ``retry_delay_s`` doubled
+for each earlier receive (15, 30, 60, 120 s with the defaults; at most :data:`MAX_RETRY_DELAY_S`),
+so an outage of several minutes costs a message a few of its ``max_receives``; a fixed delay
+dead-lettered every message in flight once an outage outlasted about ``max_receives`` x
+``retry_delay_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,6 +42,7 @@ from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
 POISON_ATTRIBUTE = "mediasearch-poison-reason"
+MAX_RETRY_DELAY_S = 900  # a retried message is back within 15 minutes, however often it failed
 DEFAULTS = Settings.defaults()
 
 
@@ -99,9 +108,14 @@ class SqsSource(Source):
                 log.warning("indexer: could not delete a processed message: %s", failed.get("Message"))
 
     def retry(self, deliveries: Sequence[Delivery]) -> None:
-        """Make them visible again after ``retry_delay_s`` (not the full visibility timeout)."""
+        """Make them visible again after ``retry_delay_s``, doubled for each earlier receive."""
         self._forget(deliveries)
-        self._set_visibility([d.token for d in deliveries], self.retry_delay_s)
+        longest = max(self.retry_delay_s, MAX_RETRY_DELAY_S)
+        by_delay: dict[int, list[str]] = defaultdict(list)
+        for d in deliveries:
+            by_delay[min(self.retry_delay_s * 2 ** min(max(d.receives - 1, 0), 16), longest)].append(d.token)
+        for delay, handles in sorted(by_delay.items()):
+            self._set_visibility(handles, delay)
 
     def release_in_flight(self) -> int:
         """Visibility 0 for every delivery not yet acknowledged: another worker receives them now."""

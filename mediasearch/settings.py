@@ -344,7 +344,8 @@ class Settings(BaseSettings):
         default=15,
         ge=0,
         le=43_200,
-        description="A message whose object could not be fetched reappears after this.",
+        description="A message that could not be processed now (its object, the database, the encoder "
+        "or the store unavailable) reappears after this, doubled at each later receive (at most 15 min).",
     )
     indexer_batch_size: int = Field(default=32, gt=0, description="Images per encoder call.")
     indexer_batch_wait_ms: float = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -198,6 +199,27 @@ class LocalPostgres:
 
     def running(self) -> bool:
         return self._child is not None and self._child.running()
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and its backends (each in a process group of its own): a server
+        that hangs, accepting connections and answering nothing (:meth:`resume` ends it)."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        pid = self._child.pid if self._child is not None else None
+        if pid is None:
+            return
+        family = [pid]
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile, or not a pid
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    family.append(int(proc.name))
+        for each in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, sig)
 
     def __enter__(self) -> LocalPostgres:
         return self.start()
