@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mediasearch.errors import ConfigError, Conflict, MediaSearchError, Unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK = 0x6D656469  # pg_advisory_xact_lock key: "medi"
 
 
@@ -39,6 +40,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql"):
         kwargs.setdefault("pool_pre_ping", True)  # latency-critical readers may turn it off
+        # a host that drops packets fails a connect in 10 s, not the kernel's two minutes of retries
+        kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
         return create_engine(url, **kwargs)
     raise ConfigError(f"database URL {redact_url(url)!r}: use sqlite:///<file> or postgresql://...")
 
