@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode-memory chart lock image image-test image-export wheelhouse fuzz audit
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -87,6 +87,14 @@ bench-ingest: $(STAMP) proto  ## 2,000 images: S3 PUT -> SQS -> indexer (Triton)
 
 bench-decode-memory: $(STAMP)  ## the largest images the limits allow, 20 at once: peak and after-burst RSS, worst decode time
 	$(BIN)/python -m bench.decode_memory $(ARGS)
+
+CHAOS ?=
+chaos: $(STAMP) proto $(OUT)/$(NAME).manifest.json  ## faults (indexer, shard replica, Triton, compactor, gateway kills; PostgreSQL restart; emulator outage; rolling restart) under load, then lost/duplicated/resurrected (CHAOS=args)
+	$(BIN)/python -m bench.chaos --repository $(OUT) $(CHAOS)
+
+SOAK_S ?= 600
+soak: $(STAMP) proto $(OUT)/$(NAME).manifest.json  ## 64 callers (valid and invalid searches) plus ingestion for SOAK_S seconds: unexpected codes, p99 drift, RSS growth
+	$(BIN)/python -m bench.soak --repository $(OUT) --seconds $(SOAK_S) $(ARGS)
 
 chart: $(STAMP) proto $(CHECKOV)  ## render helm/mediasearch's profiles: schema, kubernetes-validate, policies, checkov, the wiring test
 	$(BIN)/python -m mediasearch.dev.chart --wiring

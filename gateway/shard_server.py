@@ -7,7 +7,9 @@ with more moving parts. The pool bounds concurrency; OpenMP inside FAISS is set 
 search so N concurrent requests use N cores instead of oversubscribing them.
 
 Health (grpc.health.v1) reports NOT_SERVING until the first manifest sync has loaded the shard,
-so a Kubernetes readiness probe keeps traffic away from a replica that is still starting.
+so a Kubernetes readiness probe keeps traffic away from a replica that is still starting; a Search
+that reaches it anyway (the gateway's router does not watch health) is refused with UNAVAILABLE, so
+the router asks the shard's next replica instead of taking an empty answer for the whole shard.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mediasearch._proto.mediasearch.v1 import shard_pb2, shard_pb2_grpc
-from mediasearch.errors import InvalidInput
+from mediasearch.errors import InvalidInput, Unavailable
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.rpc import ErrorInterceptor
 from mediasearch.settings import Settings
@@ -47,8 +49,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard, defaults: SearchParams) -> None:
         self.shard = shard
         self.defaults = defaults
+        self.loaded = threading.Event()  # set by the first manifest sync that succeeded
 
     def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not self.loaded.is_set():
+            raise Unavailable(f"shard {self.shard.shard_id} has not loaded its segments yet")
         queries = _decode_queries(request.queries, request.dim)
         params = SearchParams(
             k=request.k or self.defaults.k,
@@ -96,6 +101,7 @@ class ShardServer:
     omp_threads: int = 1
     credentials: grpc.ServerCredentials | None = None  # TLS (MEDIASEARCH_INTERNAL_TLS_CERT/KEY)
     _server: grpc.Server | None = None
+    _servicer: ShardServicer | None = None
     _health: health.HealthServicer | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -120,7 +126,8 @@ class ShardServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        shard_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(self.shard, self.defaults), server)
+        self._servicer = ShardServicer(self.shard, self.defaults)
+        shard_pb2_grpc.add_ShardServiceServicer_to_server(self._servicer, server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -138,6 +145,8 @@ class ShardServer:
 
     def _on_sync(self, ok: bool) -> None:
         if ok:
+            assert self._servicer is not None
+            self._servicer.loaded.set()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def _set_health(self, status: int) -> None:

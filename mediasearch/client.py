@@ -3,10 +3,19 @@
 Every call translates grpc errors into the project's tree (:func:`mediasearch.rpc.from_rpc_error`),
 so a caller sees ``InvalidInput``, ``Unavailable``, ``DeadlineExceeded``... with the server's
 readable message.
+
+Several gateways: an address list ``"10.0.0.5:50051,10.0.0.6:50051"`` (IP literals) spreads the
+calls round robin over the gateways that report SERVING on their gRPC health service (gRPC's
+client-side health checking): a gateway told to stop reports NOT_SERVING at once and gets no new
+calls, as a Kubernetes Service drops a pod that fails its readiness probe. ``retries`` adds a gRPC
+retry policy for UNAVAILABLE (a call refused by a server that is going away is tried again,
+elsewhere when there is an elsewhere). On Kubernetes, one Service address and ``retries`` do
+the same.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -64,14 +73,13 @@ class SearchClient:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        retries: int = 0,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        if tls or tls_ca or tls_cert:
-            self._channel = grpc.secure_channel(address, channel_credentials(tls_ca, tls_cert, tls_key))
-        else:
-            self._channel = grpc.insecure_channel(address)
+        credentials = channel_credentials(tls_ca, tls_cert, tls_key) if tls or tls_ca or tls_cert else None
+        self._channel = open_channel(address, credentials=credentials, retries=retries)
         self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
 
     def __enter__(self) -> SearchClient:
@@ -113,6 +121,40 @@ class SearchClient:
             return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, method) from exc
+
+
+def open_channel(
+    address: str, *, credentials: grpc.ChannelCredentials | None = None, retries: int = 0
+) -> grpc.Channel:
+    """A channel to one gateway, or to several (``"ip:port,ip:port"``: round robin over those
+    that report SERVING); ``retries`` > 0 retries UNAVAILABLE with backoff (see the module doc)."""
+    config: dict[str, Any] = {}
+    target = address
+    if "," in address:
+        target = "ipv4:" + address
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": ""}
+    if retries > 0:
+        policy = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        config["methodConfig"] = [{"name": [{}], "retryPolicy": policy}]
+    options: list[tuple[str, Any]] = [
+        # a gateway that restarted is connected to again within a second, not after gRPC's
+        # default backoff (up to 2 minutes)
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if config:
+        options.append(("grpc.service_config", json.dumps(config)))
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--database-url",
         help="PostgreSQL database, created if missing (default: mediasearch_up on 127.0.0.1:5432)",
     )
-    p.add_argument("--shards", type=int, help="number of shard servers (default: 2)")
+    p.add_argument("--shards", type=int, help="number of shards (default: 2)")
+    p.add_argument("--replicas", type=int, help="shard servers per shard (default: 1)")
+    p.add_argument(
+        "--gateways",
+        type=int,
+        help="search gateways (default: 1; clients may list them all, comma-separated)",
+    )
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
     p.add_argument(
         "--no-indexer", action="store_true", help="start neither `mediasearch indexer` nor the compactor"
@@ -45,7 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.dev.cluster import ClusterOptions, DevCluster
 
-    given = {"database_url": args.database_url, "num_shards": args.shards}
+    given = {
+        "database_url": args.database_url,
+        "num_shards": args.shards,
+        "replicas": args.replicas,
+        "gateways": args.gateways,
+    }
     options = ClusterOptions(
         workdir=args.workdir,
         repository=args.repository or settings.model_repository,

@@ -6,6 +6,13 @@ ObjectCreated/ObjectRemoved notifications delivered to the indexer's queue), the
 (``mediasearch indexer``), the compactor (``mediasearch compact --every 10``) and the search
 gateway (``mediasearch serve``). Segments live in S3 (or a folder: ``segment_store_url``).
 
+Replicas, as a deployment runs them: ``replicas`` shard servers per shard (children ``shard-{i}``,
+then ``shard-{i}-r{j}``; the gateways' ``MEDIASEARCH_SHARD_ADDRESSES`` lists them as ``a|b``, and the
+router tries a shard's replicas in turn) and ``gateways`` search gateways (``gateway``,
+``gateway-r{j}``; a client spreads its calls over them as a Kubernetes Service would, see
+:class:`mediasearch.client.SearchClient`). :meth:`DevCluster.wait_ready` says when a child serves
+again after a restart (chaos runs restart them one at a time).
+
 Every process is a :class:`~mediasearch.dev.processes.Child` of the development harness: its own
 session (a terminal's Ctrl-C reaches only the supervisor, which stops the children newest first),
 told by the kernel to exit if the supervisor dies. A child that crashes (or is killed by a test)
@@ -15,6 +22,7 @@ is restarted on the same port after a short backoff. Addresses and pids are writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -28,9 +36,9 @@ from typing import Any
 
 from mediasearch.dev import emulated_aws
 from mediasearch.dev.postgres import prepare_database
-from mediasearch.dev.processes import Child, free_ports, mediasearch_command
+from mediasearch.dev.processes import Child, free_ports, http_status, mediasearch_command
 from mediasearch.dev.triton import LocalTriton, TritonOptions
-from mediasearch.errors import MediaSearchError
+from mediasearch.errors import MediaSearchError, Unavailable
 from mediasearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,8 @@ class ClusterOptions:
     repository: Path
     database_url: str = UP_DATABASE
     num_shards: int = 2
+    replicas: int = 1  # shard servers per shard
+    gateways: int = 1  # search gateways, each with every shard's replicas
     free_ports: bool = False
     shard_base_port: int = DEFAULTS.shard_port
     moto_port: int = 5055
@@ -61,6 +71,7 @@ class ClusterOptions:
     gateway: bool = True
     segment_store_url: str | None = None  # None: s3://mediasearch-segments/segments on the emulator
     shard_workers: int = DEFAULTS.shard_workers
+    compact_every_s: float = 10.0
     triton_threads: int = 1  # ONNX Runtime threads per Triton model (0: the cores)
     env: Mapping[str, str] = field(default_factory=dict)  # more MEDIASEARCH_* for every service
     # API keys: off on this loopback cluster unless asked; with auth, an admin key is made at start
@@ -73,6 +84,7 @@ class DevCluster:
     options: ClusterOptions
     settings: Settings = field(default_factory=Settings.defaults)
     children: dict[str, Child] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # the gRPC port of each server child
     triton: LocalTriton | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -81,39 +93,41 @@ class DevCluster:
     def start(self) -> dict[str, Any]:
         """Start everything and wait until the servers listen; the addresses (also in
         ``cluster.json``). On any failure, what was started is stopped again."""
-        o, s = self.options, self.settings
+        o = self.options
         o.workdir.mkdir(parents=True, exist_ok=True)
-        wanted = [o.moto_port, s.gateway_port, s.gateway_metrics_port, o.indexer_metrics_port]
-        wanted += [o.shard_base_port + i for i in range(o.num_shards)]
-        ports = free_ports(len(wanted)) if o.free_ports else wanted
-        moto_port, gateway_port, metrics_port, indexer_metrics_port, *shard_ports = ports
+        moto_port, indexer_metrics_port, gateways, shards = self._ports()
         try:
             endpoint = self._start_moto(moto_port)
             bucket = self._create_buckets(endpoint)
             prepare_database(o.database_url)
             api_key = self._admin_key() if o.auth else None
             self.triton = LocalTriton(self._triton_options()).start()
-            env = self._service_env(endpoint, bucket.queue_url, shard_ports, gateway_port, metrics_port)
-            servers = {}
-            for i, port in enumerate(shard_ports):
-                argv = mediasearch_command("shard-server", shard=i, port=port, workers=o.shard_workers)
-                servers[self._spawn(f"shard-{i}", argv, env)] = port
+            env = self._service_env(endpoint, bucket.queue_url, shards)
+            for name, port in shards.items():
+                shard = int(name.split("-")[1])
+                argv = mediasearch_command("shard-server", shard=shard, port=port, workers=o.shard_workers)
+                self._spawn(name, argv, env)
+                self.ports[name] = port
             if o.indexer:
                 self._spawn("indexer", mediasearch_command("indexer", metrics_port=indexer_metrics_port), env)
             if o.compactor:  # merges the indexer's small per-batch segments as they accumulate
-                self._spawn("compactor", mediasearch_command("compact", every=10), env)
-            if o.gateway:
-                servers[self._spawn("gateway", mediasearch_command("serve"), env)] = gateway_port
-            for child, port in servers.items():
-                child.wait_tcp(port, timeout_s=90)
+                self._spawn("compactor", mediasearch_command("compact", every=f"{o.compact_every_s:g}"), env)
+            for name, (port, metrics_port) in gateways.items():
+                argv = mediasearch_command("serve", port=port, metrics_port=metrics_port)
+                self._spawn(name, argv, env)
+                self.ports[name] = port
+            for name, port in self.ports.items():
+                self.children[name].wait_tcp(port, timeout_s=90)
         except BaseException:
             self.stop()
             raise
+        first = next(iter(gateways.values()), None)
         self.info = {
-            "gateway": f"127.0.0.1:{gateway_port}" if o.gateway else None,
-            "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if o.gateway else None,
+            "gateway": f"127.0.0.1:{first[0]}" if first else None,
+            "gateways": [f"127.0.0.1:{port}" for port, _ in gateways.values()],
+            "metrics": f"http://127.0.0.1:{first[1]}/metrics" if first else None,
             "indexer_metrics": f"http://127.0.0.1:{indexer_metrics_port}/metrics" if o.indexer else None,
-            "shards": [f"127.0.0.1:{p}" for p in shard_ports],
+            "shards": shard_addresses(shards, o.num_shards),
             "triton": self.triton.grpc_url,
             "s3_endpoint": endpoint,
             "bucket": IMAGE_BUCKET,
@@ -126,6 +140,30 @@ class DevCluster:
         }
         self.write_info()
         return self.info
+
+    def _ports(self) -> tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]:
+        """moto's, the indexer's metrics, ``{gateway: (grpc, metrics)}`` and ``{shard server:
+        port}``. Without ``free_ports``: the settings' ports; a further gateway replica j takes
+        gateway port + j and metrics port + 10 j, shard i's replica j the shard port + i + 100 j."""
+        o, s = self.options, self.settings
+        gateways = [gateway_name(j) for j in range(o.gateways if o.gateway else 0)]
+        shards = [shard_name(i, j) for j in range(o.replicas) for i in range(o.num_shards)]
+        if o.free_ports:
+            moto, indexer, *rest = free_ports(2 + 2 * len(gateways) + len(shards))
+            pairs = list(zip(rest[0 : 2 * len(gateways) : 2], rest[1 : 2 * len(gateways) : 2], strict=True))
+            shard_ports = rest[2 * len(gateways) :]
+        else:
+            moto, indexer = o.moto_port, o.indexer_metrics_port
+            pairs = [(s.gateway_port + j, s.gateway_metrics_port + 10 * j) for j in range(len(gateways))]
+            shard_ports = [
+                o.shard_base_port + i + 100 * j for j in range(o.replicas) for i in range(o.num_shards)
+            ]
+        return (
+            moto,
+            indexer,
+            dict(zip(gateways, pairs, strict=True)),
+            dict(zip(shards, shard_ports, strict=True)),
+        )
 
     def _admin_key(self) -> str:
         from mediasearch.metadata.api_keys import create_key
@@ -147,9 +185,7 @@ class DevCluster:
             log_file=o.workdir / "triton.log",
         )
 
-    def _service_env(
-        self, endpoint: str, queue_url: str, shard_ports: list[int], gateway_port: int, metrics_port: int
-    ) -> dict[str, str]:
+    def _service_env(self, endpoint: str, queue_url: str, shards: dict[str, int]) -> dict[str, str]:
         o = self.options
         assert self.triton is not None
         settings = {
@@ -166,9 +202,7 @@ class DevCluster:
             "TRITON_GRPC_URL": self.triton.grpc_url,
             "SHARD_POLL_INTERVAL_S": "0.5",
             "ROUTER_ALLOW_PARTIAL": "true",
-            "GATEWAY_PORT": str(gateway_port),
-            "GATEWAY_METRICS_PORT": str(metrics_port),
-            "SHARD_ADDRESSES": json.dumps([f"127.0.0.1:{p}" for p in shard_ports]),
+            "SHARD_ADDRESSES": json.dumps(shard_addresses(shards, o.num_shards)),
             # cluster mode has no default for these: a page-token key for this cluster's lifetime
             "GATEWAY_TOKEN_SECRET": secrets.token_urlsafe(32),
             "GATEWAY_PRESIGN_URLS": "true",
@@ -181,6 +215,26 @@ class DevCluster:
         if self.triton is not None and self.triton.pid is not None:
             pids["triton"] = self.triton.pid
         return pids
+
+    def wait_ready(self, name: str, timeout_s: float = 90.0) -> None:
+        """Until child ``name`` is running and, for a server, reports SERVING on its gRPC health (a
+        shard server: once it has loaded its shard), or Triton reports ready (its models loaded);
+        Unavailable after ``timeout_s``."""
+        if name == "triton":
+            deadline = time.monotonic() + timeout_s
+            while self.triton is None or http_status(f"{self.triton.http_url}/v2/health/ready") != 200:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"triton not ready after {timeout_s:.0f}s")
+                time.sleep(0.1)
+            return
+        child = self.children[name]
+        deadline = time.monotonic() + timeout_s
+        while not child.running():  # between its exit and the supervisor's restart
+            if time.monotonic() > deadline:
+                raise Unavailable(f"{name} not restarted after {timeout_s:.0f}s{child.log_tail(10)}")
+            time.sleep(0.05)
+        if name in self.ports:
+            child.wait_serving(self.ports[name], timeout_s=max(1.0, deadline - time.monotonic()))
 
     def write_info(self) -> None:
         self.info["pids"] = self.pids()
@@ -258,6 +312,18 @@ class DevCluster:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def send_signal(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Signal child ``name`` (or ``triton``): SIGTERM as a rollout stops it, SIGKILL as a crash;
+        the supervisor starts it again once it has exited."""
+        if name == "triton":
+            if self.triton is not None:
+                self.triton.send_signal(sig)
+            return
+        proc = self.children[name].proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop everything, newest first: gateway, compactor, indexer, shards, then Triton and moto."""
         self._stopping.set()
@@ -268,3 +334,20 @@ class DevCluster:
             self.triton.stop()
         if "moto" in self.children:
             self.children["moto"].stop(timeout_s)
+
+
+def shard_name(shard: int, replica: int = 0) -> str:
+    """The child running ``replica`` of ``shard``: ``shard-0``, ``shard-0-r1``..."""
+    return f"shard-{shard}" if replica == 0 else f"shard-{shard}-r{replica}"
+
+
+def gateway_name(replica: int = 0) -> str:
+    return "gateway" if replica == 0 else f"gateway-r{replica}"
+
+
+def shard_addresses(ports: Mapping[str, int], num_shards: int) -> list[str]:
+    """``MEDIASEARCH_SHARD_ADDRESSES``: one entry per shard, its replicas joined by ``|``."""
+    by_shard: list[list[str]] = [[] for _ in range(num_shards)]
+    for name, port in ports.items():
+        by_shard[int(name.split("-")[1])].append(f"127.0.0.1:{port}")
+    return ["|".join(addresses) for addresses in by_shard]

@@ -9,7 +9,11 @@ benchmarks. A :class:`Child`
   killed with SIGKILL leaves no child behind, Triton included (``die_with_parent=False`` opts out).
   The kernel ties that signal to the *thread* that forked, not the process, so every such child is
   forked by one spawner thread that lives as long as the process: a child restarted from a
-  short-lived thread (the dev cluster's supervisor, a test) still dies with the process only;
+  short-lived thread (the dev cluster's supervisor, a test) still dies with the process only.
+  ``setpriv --pdeathsig`` (util-linux) sets the signal and execs the command, so no Python runs
+  between fork and exec: a ``preexec_fn`` would run every at-fork hook of this process in the
+  child, and one that allocates (filelock's, once the export has imported it) crashes there now
+  and then in a process full of native threads; without ``setpriv`` it is a ``preexec_fn``;
 - writes its stdout and stderr to a log file, or to a pipe its owner reads line by line
   (:meth:`Child.lines`: tests that act on what a child logs);
 - is stopped with SIGTERM and, if it has not exited after a timeout, its whole process group is
@@ -29,6 +33,7 @@ import ctypes
 import logging
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,9 +123,12 @@ def grpc_serving(address: str, service: str = "") -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:  # runs in the child between fork and exec (no setpriv)
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_SETPRIV = shutil.which("setpriv")
 
 
 class _Spawner:
@@ -207,11 +215,16 @@ class Child:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
                 out = stack.enter_context(self.log_path.open("a"))
 
+            argv, preexec = self.argv, None
+            if self.die_with_parent and _SETPRIV:
+                argv = [_SETPRIV, "--pdeathsig", "SIGTERM", "--", *self.argv]
+            elif self.die_with_parent:
+                preexec = _die_with_parent
+
             def popen() -> subprocess.Popen[str]:
                 return subprocess.Popen(
-                    self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, **self.env}, text=True, start_new_session=True,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                    argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, **self.env}, text=True, start_new_session=True, preexec_fn=preexec,
                 )  # fmt: skip
 
             self.proc = _SPAWNER.run(popen) if self.die_with_parent else popen()

@@ -138,6 +138,13 @@ class LocalTriton:
     def running(self) -> bool:
         return self._child is not None and self._child.running()
 
+    def send_signal(self, sig: int) -> None:
+        """Signal the server only (SIGTERM: Triton unloads its models, then exits; SIGKILL: a
+        crash); a supervisor that sees it gone calls :meth:`start` again."""
+        if self._child is not None and self._child.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._child.proc.send_signal(sig)
+
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit status."""
         return self._child.wait() if self._child is not None else 0

@@ -24,7 +24,7 @@ from mediasearch.vector_index.partition import HashPartitioner
 from mediasearch.vector_index.router import GrpcRouter, ShardStatus
 from mediasearch.vector_index.shard import SearchParams
 from mediasearch.vector_index.store import LocalFolderStore
-from tests.support.index import add_segment, brute_force, unit_vectors
+from tests.support.index import add_segment, brute_force, sqlite_sessions, unit_vectors
 from tests.support.postgres import Postgres
 
 N, DIM = 3000, 32
@@ -164,3 +164,33 @@ def test_search_returns_partial_when_one_shard_server_process_is_down(cluster: C
         stats = asyncio.run(_stats(cluster))
         assert [(s.shard, s.available) for s in stats] == [(0, True), (1, False)]
         assert stats[0].vectors == len(shard0) and stats[0].segments == 2
+
+
+def test_a_shard_server_refuses_searches_until_it_has_loaded_its_shard(tmp_path: Path) -> None:
+    """Before its first manifest sync a replica holds nothing: answering would hand the router an
+    empty shard (no error, no partial flag); UNAVAILABLE makes the router ask the next replica."""
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    x = unit_vectors(50, DIM, seed=9)
+    add_segment(sessions, store, x, np.arange(50, dtype=np.int64))
+    aside = tmp_path / "store-aside"
+    store.root.rename(aside)  # the segment's files are not there yet: the first sync fails
+    (port,) = free_ports(1)
+    argv = mediasearch_command(
+        "shard-server", shard=0, port=port, database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        store_url=store.root.as_uri(), cache_dir=tmp_path / "cache", poll_interval=0.3,
+    )  # fmt: skip
+    request = shard_pb2.ShardSearchRequest(queries=x[4].astype("<f4").tobytes(), dim=DIM, k=1)
+    with (
+        Child("shard", argv, log_path=tmp_path / "shard.log") as child,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        child.wait_tcp(port, timeout_s=60)
+        time.sleep(1.0)  # a few failed syncs
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, child.log_tail()
+        aside.rename(store.root)
+        child.wait_serving(port, timeout_s=30)
+        assert list(stub.Search(request, timeout=5).results[0].ids) == [4]
