@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -82,8 +82,11 @@ triton: $(STAMP)  ## serve OUT's models with a local tritonserver (CPU flavour, 
 bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder under load (ViT-B/32 shapes)
 	$(BIN)/python -m bench.encoders $(ARGS)
 
-bench-ingest: $(STAMP) proto  ## 2,000 images: S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
+bench-ingest: $(STAMP) proto  ## a realistic bucket (12 Mpx JPEGs, screenshots, WebP): S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
 	$(BIN)/python -m bench.ingest $(ARGS)
+
+bench-decode: $(STAMP)  ## reduced vs exact decoding of large photos: pixel and embedding differences, speed
+	$(BIN)/python -m bench.decode_fidelity $(ARGS)
 
 bench-decode-memory: $(STAMP)  ## the largest images the limits allow, 20 at once: peak and after-burst RSS, worst decode time
 	$(BIN)/python -m bench.decode_memory $(ARGS)
