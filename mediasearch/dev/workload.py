@@ -36,7 +36,7 @@ from mediasearch.dev.cluster import QUEUE, ClusterOptions, DevCluster
 from mediasearch.dev.postgres import LocalPostgres
 from mediasearch.export.micro.scenes.gallery import encode_scene, scene_rng
 from mediasearch.export.micro.scenes.render import render_scene
-from mediasearch.export.micro.scenes.vocab import COLOURS, SHAPES, SIZES
+from mediasearch.export.micro.scenes.vocab import BACKGROUNDS, COLOURS, COUNTS, SHAPES, SIZES
 from mediasearch.model_manifest import ModelManifest
 from mediasearch.settings import Settings
 
@@ -285,7 +285,16 @@ class Outcome:
 
 
 def _words() -> list[str]:
-    return [f"{size} {colour} {shape}" for size in SIZES for colour in COLOURS for shape in SHAPES]
+    """768 different queries of the scene world's words, 3 to 9 words long."""
+    return [
+        f"{count} {size} {colour} {shape}{'s' if n > 1 else ''}"
+        + (f" on {ground}" if ground != "white" else "")
+        for n, count in COUNTS.items()
+        for size in SIZES
+        for colour in COLOURS
+        for shape in SHAPES
+        for ground in BACKGROUNDS
+    ]
 
 
 def _invalid_requests() -> list[dict[str, Any]]:
