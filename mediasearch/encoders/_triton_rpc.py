@@ -77,7 +77,11 @@ async def call_with_retries(
 
 
 def _retryable(error: MediaSearchError) -> bool:
-    return type(error) is Unavailable and "not loaded" not in str(error)
+    """Unavailable is retried, "model not loaded" included: a Triton that is stopping unloads its
+    models first and answers "unknown model" for seconds; with several Tritons behind the channel
+    (round robin) the retry reaches one that serves. A model that is never loaded costs the
+    retries' backoff (0.35 s at the defaults) before the error."""
+    return type(error) is Unavailable
 
 
 def config_differences(config: Any, spec: ServingSpec, version: str) -> list[str]:

@@ -109,3 +109,19 @@ def test_config_differences_name_version_and_tensor_mismatches() -> None:
     problems = " | ".join(config_differences(cfg, SPEC, "clip-new"))
     assert "clip-old" in problems and "clip-new" in problems
     assert "input_ids:INT32[-1]" in problems and "max_batch_size 8 != 64" in problems
+
+
+def test_a_model_being_unloaded_is_retried_so_another_triton_behind_the_channel_answers() -> None:
+    attempts = 0
+
+    async def stopping_then_other(remaining: float) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # the Triton that is shutting down has unloaded its models
+            raise error("UNAVAILABLE", "Request for unknown model: 'clip_text' is not ready")
+        return "vectors"
+
+    got = asyncio.run(
+        call_with_retries(stopping_then_other, url=URL, what="x", timeout_s=5, retries=3, backoff_s=0.001)
+    )
+    assert (got, attempts) == ("vectors", 2)
