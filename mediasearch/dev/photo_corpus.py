@@ -10,13 +10,13 @@ blended in at a random scale, a lighting gradient and sensor noise, so encoders 
 camera's output and JPEG sizes land where phones' do. Screenshots are flat panels, rules and text
 around a photo, as a UI is. Each image is a function of (seed, index) only.
 
-:func:`corpus` writes the files once under a folder keyed by the parameters and reads them back
-afterwards (``build/bench/corpus-...``; generating 12 Mpx images takes about a second each here).
+:func:`corpus` writes each image once under a folder keyed by the seed and reads it back afterwards
+(``build/bench/corpus-...``; generating a 12 Mpx image takes about a second here); image ``i`` is
+the same whatever the corpus's size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -41,6 +41,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
 TEXTURES = ("gravel", "grass", "brick")
 ROTATED_SHARE = 0.25  # phone photos stored landscape with an EXIF orientation that turns them upright
 VERSION = 1  # bump when the generator's output changes: the cache folder's name includes it
+BLOCK = 20  # the mix is exact in every block of this many consecutive images
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,16 @@ class CorpusImage:
 
 
 def kinds(count: int, mix: tuple[tuple[str, float], ...] = MIX) -> list[str]:
-    """``count`` kinds in the mix's proportions (largest remainders), interleaved deterministically."""
-    exact = [(kind, share * count) for kind, share in mix]
-    sizes = {kind: int(x) for kind, x in exact}
-    for kind, _ in sorted(exact, key=lambda kx: kx[1] - int(kx[1]), reverse=True)[
-        : count - sum(sizes.values())
-    ]:
-        sizes[kind] += 1
-    order = [kind for kind, _ in mix for _ in range(sizes[kind])]
-    np.random.default_rng(0).shuffle(order)
-    return order
+    """The kinds of the first ``count`` images: blocks of 20 in the mix's proportions, each block
+    shuffled (seeded), so any prefix is close to the mix and image ``i``'s kind never depends on
+    ``count``."""
+    block = [kind for kind, share in mix for _ in range(round(share * BLOCK))]
+    out: list[str] = []
+    for b in range(-(-count // BLOCK)):
+        order = list(block)
+        np.random.default_rng([0, b]).shuffle(order)
+        out.extend(order)
+    return out[:count]
 
 
 def generate(index: int, kind: str, seed: int = 16) -> tuple[bytes, CorpusImage]:
@@ -88,23 +89,24 @@ def generate(index: int, kind: str, seed: int = 16) -> tuple[bytes, CorpusImage]
 
 
 def corpus(count: int, folder: Path, seed: int = 16) -> list[tuple[bytes, CorpusImage]]:
-    """The first ``count`` images, generated into ``folder`` once (a subfolder per parameters)."""
-    key = hashlib.sha256(json.dumps([VERSION, count, seed, MIX]).encode()).hexdigest()[:10]
-    root = folder / f"corpus-{count}-{key}"
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        items = [CorpusImage(**raw) for raw in json.loads(manifest.read_text())]
-        return [((root / it.name).read_bytes(), it) for it in items]
+    """The first ``count`` images, each generated once into ``folder`` (a subfolder per seed and
+    generator version) and read back afterwards."""
+    root = folder / f"corpus-v{VERSION}-seed{seed}"
     out = []
     for i, kind in enumerate(kinds(count)):
+        described = root / f"{kind}-{i:05d}.json"
+        if described.exists():
+            item = CorpusImage(**json.loads(described.read_text()))
+            out.append(((root / item.name).read_bytes(), item))
+            continue
         data, item = generate(i, kind, seed)
         path = root / item.name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        described.write_text(json.dumps(asdict(item)))  # last: a killed run regenerates the image
         out.append((data, item))
         if (i + 1) % 25 == 0:
-            log.info("corpus: %d of %d images generated", i + 1, count)
-    manifest.write_text(json.dumps([asdict(it) for _, it in out]))
+            log.info("corpus: %d of %d images ready", i + 1, count)
     return out
 
 
