@@ -154,6 +154,7 @@ def cluster_options(args: argparse.Namespace, repository: Path, database_url: st
         "INDEXER_BATCH_SIZE": args.batch_size,
         "INDEXER_WAIT_TIME_S": 1,
         "SHARD_POLL_INTERVAL_S": 1,
+        "IMAGE_DECODE_POOL": args.decode_pool,
     }
     return ClusterOptions(
         workdir=work,
@@ -479,6 +480,9 @@ def main() -> int:
         "--batch-size", type=int, default=32, help="the indexer's batch size, and the raw encoder's"
     )
     p.add_argument("--shards", type=int, default=2)
+    p.add_argument(
+        "--decode-pool", choices=["process", "thread"], default="process", help="the indexer's decode workers"
+    )
     p.add_argument("--triton-ort-threads", type=int, default=0, help="0: all cores")
     p.add_argument("--timeout-s", type=float, default=900.0, help="per phase")
     args = p.parse_args()

@@ -107,9 +107,10 @@ def _check_jpeg(data: bytes) -> None:
         if fill >= len(data):
             return
         marker, pos = data[fill], fill + 1
-        if marker == 0xDA:  # start of scan: the header ends; the scans follow, up to the EOI
-            eoi = data.find(b"\xff\xd9", pos + int.from_bytes(data[pos : pos + 2], "big"))
-            scans = data.count(b"\xff\xda", fill - 1, len(data) if eoi < 0 else eoi)
+        if marker == 0xDA:  # start of scan: the header ends; the scans follow
+            # One pass (2.7 ms per 1.5 MB were two): entropy-coded data stuffs every 0xFF, so each
+            # FFDA is a scan; those of images appended after the EOI (an MPO's previews) count too.
+            scans = data.count(b"\xff\xda", fill - 1)
             if scans > JPEG_MAX_SCANS:
                 raise ImageError(f"JPEG has {scans} scans (limit {JPEG_MAX_SCANS})")
             return
