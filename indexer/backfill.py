@@ -29,7 +29,7 @@ from mediasearch.indexer.service import run_pipeline, s3_client
 from mediasearch.indexer.source import Delivery, ListedSource
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.metadata.images_repo import known_versions, recorded_keys
-from mediasearch.metadata.models import PENDING
+from mediasearch.metadata.models import FAILED, INDEXED
 from mediasearch.objects import S3Objects, clean_etag
 from mediasearch.settings import Settings
 
@@ -103,7 +103,7 @@ class ListingSource(ListedSource):
                     self.keys.add(obj["Key"])
                     etag = clean_etag(obj.get("ETag"))
                     status = known.get((obj["Key"], etag or ""))
-                    if status is not None and status != PENDING:
+                    if status in (INDEXED, FAILED):  # removed but listed: the same bytes came back
                         self.already += 1
                         continue
                     event = ObjectEvent("created", self.bucket, obj["Key"], etag, int(obj.get("Size", 0)),

@@ -49,12 +49,12 @@ from mediasearch.metadata.images_repo import (
     remove_object,
     removed_since,
     reserve,
-    status_of,
     supersede,
+    version_of,
 )
-from mediasearch.metadata.models import PENDING
+from mediasearch.metadata.models import PENDING, REMOVED
 from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, publish_in
-from mediasearch.objects import ObjectReader
+from mediasearch.objects import ObjectReader, sequencer_order
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
@@ -92,11 +92,17 @@ class Committer:
         self.model_version = model_version
         self.work_dir = work_dir
 
-    def already_done(self, bucket: str, key: str, etag: str) -> bool:
-        """True when this version is recorded for good (a duplicate delivery; skip its work)."""
+    def already_done(self, bucket: str, key: str, etag: str, sequencer: str | None = None) -> bool:
+        """True when this version is recorded for good (a duplicate delivery; skip its work). A
+        version recorded only as removed is done unless this event may be a new upload of the same
+        bytes (its sequencer is not older): then fetching it (If-Match) asks the bucket."""
         with self.sessions() as session:
-            status = status_of(session, bucket, key, etag)
-        return status is not None and status != PENDING
+            status, seen = version_of(session, bucket, key, etag)
+        if status is None or status == PENDING:
+            return False
+        if status == REMOVED:
+            return sequencer_order(sequencer, seen) == -1
+        return True
 
     def commit(self, items: Sequence[Item]) -> None:
         created = [it for it in items if it.outcome is None and it.event.kind == "created"]

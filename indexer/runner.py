@@ -248,13 +248,13 @@ class Pipeline:
         try:
             if ev.kind == "removed":  # nothing to read: the commit orders it against the key's versions
                 return
-            if ev.etag and await self._done(ev.bucket, ev.key, ev.etag):
+            if ev.etag and await self._done(ev, ev.etag):
                 item.outcome = "duplicate"
                 return
             with self.metrics.timed("fetch"):
                 fetched = await self._blocking(self._io, self._get, ev)
             item.fetched = fetched
-            if not ev.etag and await self._done(ev.bucket, ev.key, fetched.etag):
+            if not ev.etag and await self._done(ev, fetched.etag):
                 item.outcome = "duplicate"
                 return
         except NotFound as exc:
@@ -308,8 +308,10 @@ class Pipeline:
     def _get(self, ev: ObjectEvent) -> StoredObject:
         return self.objects.get(ev.bucket, ev.key, if_match=ev.etag)
 
-    async def _done(self, bucket: str, key: str, etag: str) -> bool:
-        done: bool = await self._blocking(self._io, self.committer.already_done, bucket, key, etag)
+    async def _done(self, ev: ObjectEvent, etag: str) -> bool:
+        done: bool = await self._blocking(
+            self._io, self.committer.already_done, ev.bucket, ev.key, etag, ev.sequencer
+        )
         return done
 
     # -- encode ---------------------------------------------------------------------------------

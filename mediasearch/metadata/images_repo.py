@@ -133,12 +133,22 @@ class Unindexed:
 
 def status_of(session: Session, bucket: str, key: str, etag: str) -> str | None:
     """The status of one object version, or None when it was never seen."""
+    return version_of(session, bucket, key, etag)[0]
+
+
+def version_of(session: Session, bucket: str, key: str, etag: str) -> tuple[str | None, str | None]:
+    """``(status, sequencer)`` of the version's live row; of its newest removed row when it has no
+    live one (REMOVED: deleted or replaced, and maybe uploaded again since with the same bytes);
+    ``(None, None)`` when it was never seen."""
+    query = (
+        select(ImageRow.status, ImageRow.sequencer)
+        .where(ImageRow.bucket == bucket, ImageRow.key == key, ImageRow.etag == etag)
+        .order_by((ImageRow.status == REMOVED).asc(), ImageRow.id.desc())
+        .limit(1)
+    )
     with translated("reading image status"):
-        return session.scalar(
-            select(ImageRow.status).where(
-                ImageRow.bucket == bucket, ImageRow.key == key, ImageRow.etag == etag
-            )
-        )
+        row = session.execute(query).first()
+    return (None, None) if row is None else (str(row[0]), row[1])
 
 
 def recorded_keys(session: Session, bucket: str, prefix: str = "") -> set[str]:
@@ -156,22 +166,29 @@ def recorded_keys(session: Session, bucket: str, prefix: str = "") -> set[str]:
 
 
 def known_versions(session: Session, bucket: str, keys: Sequence[str]) -> dict[tuple[str, str], str]:
-    """``{(key, etag): status}`` of every row of these keys in ``bucket`` (one query)."""
+    """``{(key, etag): status}`` of these keys' versions in ``bucket`` (one query): the live row's
+    status, REMOVED when a version has only removed rows."""
     if not keys:
         return {}
     query = select(ImageRow.key, ImageRow.etag, ImageRow.status).where(
         ImageRow.bucket == bucket, ImageRow.key.in_(sorted(set(keys)))
     )
+    out: dict[tuple[str, str], str] = {}
     with translated("reading image versions"):
-        return {(k, e): s for k, e, s in session.execute(query)}
+        for k, e, status in session.execute(query):
+            if out.get((k, e)) in (None, REMOVED):  # a live row says more than removed ones
+                out[(k, e)] = status
+    return out
 
 
 def reserve(session: Session, images: Sequence[NewImage]) -> list[Reservation]:
     """The row of each image, inserting PENDING rows for versions never seen (no commit).
 
-    An existing PENDING row is returned as is: a previous run reserved it and died before
-    publishing, so its id was never served and is safe to reuse. Two indexers inserting the same
-    version at once make one of them fail the unique constraint (Conflict): retry the reservation.
+    A version whose rows are all removed gets a new row (the same bytes uploaded again after a
+    delete; the caller decided it is not a redelivery). An existing PENDING row is returned as is:
+    a previous run reserved it and died before publishing, so its id was never served and is safe
+    to reuse. Two indexers inserting the same version at once make one of them fail the unique
+    index of live versions (Conflict): retry the reservation.
     """
     out: list[Reservation] = []
     seen: dict[tuple[str, str, str], ImageRow] = {}
@@ -185,6 +202,7 @@ def reserve(session: Session, images: Sequence[NewImage]) -> list[Reservation]:
                         ImageRow.bucket == image.bucket,
                         ImageRow.key == image.key,
                         ImageRow.etag == image.etag,
+                        ImageRow.status != REMOVED,  # removed rows are history: the bytes came back
                     )
                 ).first()
             if row is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 LIVE = "live"
@@ -63,7 +63,8 @@ _ImageId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class ImageRow(Base):
-    """One version of one object (bucket, key, etag). Its ``id`` is the vector's label in the index."""
+    """One version of one object (bucket, key, etag): one live row each, and any number of removed
+    ones (deleted, then uploaded again with the same bytes). Its ``id`` is the vector's label."""
 
     __tablename__ = "images"
 
@@ -86,7 +87,16 @@ class ImageRow(Base):
     sequencer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
-        UniqueConstraint("bucket", "key", "etag", name="uq_images_bucket_key_etag"),
+        # one live row per version; removed ones stay as history (the same bytes may come back)
+        Index(
+            "uq_images_live_version",
+            "bucket",
+            "key",
+            "etag",
+            unique=True,
+            postgresql_where=text("status != 'removed'"),
+            sqlite_where=text("status != 'removed'"),
+        ),
         Index("ix_images_bucket_key", "bucket", "key"),
         Index("ix_images_status", "status"),
         Index("ix_images_created", "created"),

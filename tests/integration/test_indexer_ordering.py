@@ -233,3 +233,33 @@ def _fresh(it: Item) -> Item:
     copy = Item(Delivery([it.event]), it.event, fetched=it.fetched)
     copy.vector, copy.width, copy.height = it.vector, it.width, it.height
     return copy
+
+
+@pytest.mark.parametrize("sequenced", [True, False], ids=["s3-sequencers", "no-sequencers"])
+def test_the_same_bytes_uploaded_again_after_a_delete_are_searchable_again_once(
+    world: World, sequenced: bool
+) -> None:
+    body = uuid.uuid4().bytes
+    s3, bucket = world.s3, world.bucket.name
+    etag = str(clean_etag(s3.put_object(Bucket=bucket, Key="cat.jpg", Body=body)["ETag"]))
+    first = world.created("cat.jpg", etag, seq(40) if sequenced else MOTO_SEQUENCER)
+    world.committer().commit([first])
+    world.delete("cat.jpg")
+    world.committer().commit([world.removed("cat.jpg", seq(41) if sequenced else MOTO_SEQUENCER)])
+    assert world.served() == {}
+    again = str(clean_etag(s3.put_object(Bucket=bucket, Key="cat.jpg", Body=body)["ETag"]))
+    assert again == etag  # S3's ETag of the same bytes: the same "version" as the deleted one
+
+    committer = world.committer()
+    upload = world.created("cat.jpg", etag, seq(42) if sequenced else MOTO_SEQUENCER)
+    assert not committer.already_done(bucket, "cat.jpg", etag, upload.event.sequencer)
+    committer.commit([upload])
+    old = _fresh(first)  # the first upload's event, delivered once more, late
+    if sequenced:
+        assert committer.already_done(bucket, "cat.jpg", etag, old.event.sequencer)
+    committer.commit([old])  # without sequencers it is fetched; the bucket's live row takes it
+
+    assert upload.outcome == "indexed" and old.outcome == "duplicate"
+    statuses = sorted(r.status for r in rows(world.sessions))
+    assert statuses == [INDEXED, REMOVED]
+    assert world.served() == {("cat.jpg", etag): 1}

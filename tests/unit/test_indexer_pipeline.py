@@ -357,3 +357,22 @@ def test_with_an_encoder_that_decodes_on_its_server_the_indexer_sends_the_files_
     }  # fmt: skip
     assert "corrupt" in (by_key["bad.jpg"].error or "")
     assert (by_key["a.jpg"].width, by_key["alpha.png"].width, by_key["alpha.png"].height) == (64, 40, 30)
+
+
+def test_a_file_deleted_then_written_again_with_the_same_bytes_is_indexed_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    data = scene_bytes(4)
+    write(tmp_path / "f", {"a.jpg": data})
+    created = [[ObjectEvent("created", "local", "a.jpg")]]
+    run_events(settings, tmp_path / "f", created)
+    (tmp_path / "f" / "a.jpg").unlink()
+    run_events(settings, tmp_path / "f", [[ObjectEvent("removed", "local", "a.jpg")]])
+    write(tmp_path / "f", {"a.jpg": data})  # the same file again: the same version (ETag)
+    run_events(settings, tmp_path / "f", created)
+    run_events(settings, tmp_path / "f", created)  # and its event delivered twice
+
+    sessions = sessions_for(settings.database_url)
+    (old, new) = rows(sessions)
+    assert (old.status, new.status, old.etag == new.etag) == (REMOVED, INDEXED, True)
+    assert dict(served_ids(sessions, store_of(settings), settings.num_shards)) == {new.id: 1}
