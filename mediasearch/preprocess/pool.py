@@ -14,6 +14,9 @@ in the pool's queue (:meth:`DecodePool.prepare` waits for a slot). Workers are s
 must guard its entry point (``if __name__ == "__main__":``, as console scripts do), and are told by
 the kernel to exit when the process that started them dies (a SIGKILLed indexer leaves none behind).
 
+Where worker processes cannot run (no writable ``/dev/shm`` for their semaphores, as in a bare
+chroot; workers that die before preparing anything), the pool says so once and uses threads.
+
 Per image, the outcome is as with a direct call: the pixels and upright size, or the reason the image
 cannot be used (:class:`~mediasearch.errors.ImageError` and its kin, as text). A worker that dies
 (killed by the kernel for memory, a crash in a decoder) fails the images it held with
@@ -131,20 +134,27 @@ class DecodePool:
         self.kind = kind
         self.exact = exact
         self._executor: Executor | None = None
+        self._prepared = 0  # images prepared: workers that once worked are not a setup problem
         self._slots = asyncio.Semaphore(2 * self.workers)  # decoding + waiting, encoded, in the queue
 
     def _start(self) -> Executor:
-        if self._executor is None:
-            if self.kind == "thread":
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-            else:
+        if self._executor is None and self.kind == "process":
+            try:
                 self._executor = ProcessPoolExecutor(
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_started,
                     initargs=(os.getpid(),),
                 )
+            except OSError as exc:  # e.g. no writable /dev/shm for its semaphores
+                self._fall_back(f"cannot start decode processes ({exc})")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         return self._executor
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("decode pool: %s; decoding in %d threads instead", why, self.workers)
+        self.kind = "thread"
 
     async def prepare(self, data: bytes) -> Prepared:
         """The image's pixels and size, or why it cannot be used; Unavailable if its worker died."""
@@ -152,10 +162,21 @@ class DecodePool:
             executor = self._start()
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(executor, prepare, data, self.spec, self.limits, self.exact)
+                result = await loop.run_in_executor(
+                    executor, prepare, data, self.spec, self.limits, self.exact
+                )
             except BrokenProcessPool as exc:
                 self._restart(executor)
-                raise Unavailable(f"a decode worker died while preparing this image ({exc})") from exc
+                if self._prepared:
+                    raise Unavailable(f"a decode worker died while preparing this image ({exc})") from exc
+                # no worker ever prepared an image here: they cannot run (not this image's fault)
+                self._fall_back(f"decode processes died before preparing any image ({exc})")
+                executor = self._start()
+                result = await loop.run_in_executor(
+                    executor, prepare, data, self.spec, self.limits, self.exact
+                )
+            self._prepared += 1
+            return result
 
     def _restart(self, broken: Executor) -> None:
         if self._executor is broken:  # the first image to notice replaces the pool

@@ -64,7 +64,7 @@ def test_a_worker_killed_mid_image_fails_that_image_as_unavailable_and_the_pool_
 
     async def run() -> None:
         async with DecodePool(SPEC, LIMITS, workers=1, exact=True) as pool:
-            await pool.warm_up()
+            assert (await pool.prepare(images[0])).error is None  # the workers run here
             (pid,) = list(pool._executor._processes)  # type: ignore[union-attr]
             task = asyncio.create_task(pool.prepare(big))  # a full 12 Mpx decode: a few hundred ms
             await asyncio.sleep(0.05)
@@ -100,3 +100,23 @@ def test_the_pool_is_sized_by_the_containers_cpu_quota_not_the_nodes_cores(tmp_p
     assert _cgroup_quota(tmp_path) is None
     (tmp_path / "cpu.max").unlink()
     assert _cgroup_quota(tmp_path) is None
+
+
+def test_where_worker_processes_cannot_start_the_pool_decodes_in_threads(
+    images: list[bytes], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mediasearch.preprocess.pool as pool_module
+
+    def no_semaphores(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")  # what a chroot without /dev/shm gives
+
+    monkeypatch.setattr(pool_module, "ProcessPoolExecutor", no_semaphores)
+
+    async def run() -> tuple[str, object]:
+        async with DecodePool(SPEC, LIMITS, workers=2) as pool:
+            got = await pool.prepare(images[0])
+            return pool.kind, got
+
+    kind, got = asyncio.run(run())
+    assert kind == "thread" and got.error is None and got.pixels is not None  # type: ignore[attr-defined]
+    assert "decoding in 2 threads instead" in caplog.text
