@@ -106,10 +106,10 @@ class Pipeline:
         self._io = ThreadPoolExecutor(o.fetch_concurrency + 4, thread_name_prefix="indexer-io")
         # the gateway's bounded path (reduced decoding, every intermediate bounded), so a hostile
         # object in the bucket costs the indexer what it would cost the gateway
-        limits = DecodeLimits(o.max_image_bytes, o.max_image_pixels, o.max_image_aspect)
+        self._limits = DecodeLimits(o.max_image_bytes, o.max_image_pixels, o.max_image_aspect)
         self._decode = DecodePool(
             self.encoder.image_spec,
-            limits,
+            self._limits,
             workers=o.decode_workers,
             kind=o.decode_pool,
             exact=o.decode_exact,
@@ -291,10 +291,8 @@ class Pipeline:
     async def _to_server(self, item: Item, fetched: StoredObject) -> bool:
         """The encoder decodes on its server (Triton's bytes ensemble, DALI on the GPU): keep the
         file for it when its header qualifies (checked with the same limits); False: decode here."""
-        o = self.options
-        limits = DecodeLimits(o.max_image_bytes, o.max_image_pixels, o.max_image_aspect)
         try:
-            probe = await self._blocking(self._io, probe_image, fetched.data or b"", limits)
+            probe = await self._blocking(self._io, probe_image, fetched.data or b"", self._limits)
         except MediaSearchError as exc:
             item.error = str(exc)
             item.fetched = _without_data(fetched)

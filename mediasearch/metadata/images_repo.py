@@ -131,11 +131,6 @@ class Unindexed:
     had_vector: bool
 
 
-def status_of(session: Session, bucket: str, key: str, etag: str) -> str | None:
-    """The status of one object version, or None when it was never seen."""
-    return version_of(session, bucket, key, etag)[0]
-
-
 def version_of(session: Session, bucket: str, key: str, etag: str) -> tuple[str | None, str | None]:
     """``(status, sequencer)`` of the version's live row; of its newest removed row when it has no
     live one (REMOVED: deleted or replaced, and maybe uploaded again since with the same bytes);

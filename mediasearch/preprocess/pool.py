@@ -184,12 +184,6 @@ class DecodePool:
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def warm_up(self) -> None:
-        """Start the workers now (imports included), not on the first image."""
-        executor = self._start()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(executor, cores) for _ in range(self.workers)))
-
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

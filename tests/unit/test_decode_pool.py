@@ -77,10 +77,10 @@ def test_a_worker_killed_mid_image_fails_that_image_as_unavailable_and_the_pool_
     asyncio.run(run())
 
 
-def test_closing_the_pool_leaves_no_worker_behind() -> None:
+def test_closing_the_pool_leaves_no_worker_behind(images: list[bytes]) -> None:
     async def run() -> list[int]:
         pool = DecodePool(SPEC, LIMITS, workers=2)
-        await pool.warm_up()
+        await asyncio.gather(*(pool.prepare(d) for d in images[:4]))  # both workers started
         pids = list(pool._executor._processes)  # type: ignore[union-attr]
         pool.close()
         return pids
