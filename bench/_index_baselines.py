@@ -111,7 +111,7 @@ def pgvector_baseline(
         return _pgvector_run(conn, url, x, queries, truth, target, concurrency, count)
 
 
-def _pgvector_run(conn, url, x, queries, truth, target, concurrency, count):  # type: ignore[no-untyped-def]
+def _pgvector_run(conn, url, x, queries, truth, target, concurrency, count):
     import psycopg
 
     conn.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({x.shape[1]}))")
