@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
-from mediasearch.errors import MediaSearchError
+from mediasearch.errors import CorruptData, MediaSearchError, NotFound
 from mediasearch.gateway.auth import Authorizer, KeyCache, RateLimiter
 from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.metrics import GatewayMetrics
@@ -35,7 +35,7 @@ from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import count_by_status
 from mediasearch.metadata.readers import open_image_reader
 from mediasearch.settings import Settings
-from mediasearch.vector_index.follower import ManifestFollower
+from mediasearch.vector_index.follower import GenerationFollower, ManifestFollower
 from mediasearch.vector_index.router import Router, make_router
 from mediasearch.vector_index.shard import Shard
 from mediasearch.vector_index.store import store_from_settings
@@ -53,7 +53,7 @@ class Gateway:
     encoder: Encoder
     router: Router
     sessions: sessionmaker[Session]
-    followers: list[ManifestFollower] = field(default_factory=list)
+    followers: list[ManifestFollower | GenerationFollower] = field(default_factory=list)
     shards: list[Shard] = field(default_factory=list)  # in-process ones (embedded mode)
     search: SearchEngine | None = None
     keys: KeyCache | None = None  # API keys (auth required)
@@ -121,17 +121,25 @@ async def start_gateway(
     migrate(engine)
     sessions = session_factory(engine)
     encoder = create_encoder(settings)
-    followers: list[ManifestFollower] = []
+    followers: list[ManifestFollower | GenerationFollower] = []
     shards: list[Shard] = []
+    store = store_from_settings(settings, "gateway" if settings.shard_addresses else "")
+    # the live index generation's quantizer: the router searches it once per query and calls only
+    # the shards that own the nearest lists (both modes: one code path)
+    generations = GenerationFollower(sessions, store, interval=settings.shard_poll_interval_s)
+    try:
+        generations.sync_once()
+    except (CorruptData, NotFound) as exc:  # shards probe their own copy meanwhile: slower, same answers
+        log.warning("cannot load the index generation yet, asking every shard: %s", exc)
+    followers.append(generations)
     if not settings.shard_addresses:
-        store = store_from_settings(settings)
         for s in range(settings.num_shards):
             shard = Shard(s, store, mmap_ivf=settings.index_mmap_ivf)
             follower = ManifestFollower(shard, sessions, interval=settings.shard_poll_interval_s)
             follower.sync_once()  # serve what is indexed from the first request on
             followers.append(follower)
             shards.append(shard)
-    router = make_router(settings, shards)
+    router = make_router(settings, shards, generations.current)
     metrics = GatewayMetrics()
     locator = ImageLocator(
         images_root=settings.images_root,

@@ -59,14 +59,22 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             k=request.k or self.defaults.k,
             nprobe=request.nprobe or self.defaults.nprobe,
             ef_search=request.ef_search or self.defaults.ef_search,
+            rerank=request.rerank or self.defaults.rerank,
         )
-        scores, ids = self.shard.search(queries, params, request.model_version)
+        lists = _decode_lists(request.lists, len(queries))
+        scores, ids = self.shard.search(
+            queries, params, request.model_version, lists=lists, generation=request.index_generation
+        )
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             keep = row_ids >= 0
             results.append(shard_pb2.Hits(ids=row_ids[keep].tolist(), scores=row_scores[keep].tolist()))
+        view = self.shard.view
         return shard_pb2.ShardSearchResponse(
-            results=results, shard=self.shard.shard_id, generation=self.shard.view.generation
+            results=results,
+            shard=self.shard.shard_id,
+            generation=view.generation,
+            index_generation=view.quantizer.number if view.quantizer is not None else 0,
         )
 
     def Stats(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -79,7 +87,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             generation=s.generation,
             model_versions=list(s.model_versions),
             last_sync_unix=s.last_sync,
+            index_generation=s.index_generation,
         )
+
+
+def _decode_lists(raw: bytes, nq: int) -> np.ndarray | None:
+    if not raw:
+        return None
+    if len(raw) % (4 * nq):
+        raise InvalidInput(f"lists: {len(raw)} bytes is not {nq} rows of int32 list ids")
+    return np.frombuffer(raw, dtype="<i4").reshape(nq, -1).astype(np.int64)
 
 
 def _decode_queries(raw: bytes, dim: int) -> np.ndarray:

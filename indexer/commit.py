@@ -6,10 +6,14 @@ The order is what makes a crash at any point harmless (exactly-once in effect):
    keyed by the unique (bucket, key, etag). Its id is the vector's label. A version already
    INDEXED, FAILED or REMOVED is a duplicate delivery: nothing more to do. A PENDING row left by a
    run that died is reused (its id was never served).
-2. **stage**: group the vectors by shard (the partitioner) and upload one immutable segment per
-   shard. Nothing serves a segment before its manifest row exists; a crash here leaves orphan
-   files that the compactor's garbage collection deletes.
-3. **publish** (ONE transaction): lock the reserved rows and check they are still PENDING (another
+2. **stage**: group the vectors by shard and upload one immutable segment per shard. Under a live
+   index generation a vector's shard is the owner of its nearest list (the segment holds it in
+   that list); before the first one, the partitioner's (hash of the id). Nothing serves a segment
+   before its manifest row exists; a crash here leaves orphan files that the compactor's garbage
+   collection deletes.
+3. **publish** (ONE transaction): check the live generation is still the one the segments were
+   placed by (read FOR SHARE: a generation switch waits for this transaction; after a switch the
+   batch is restaged), lock the reserved rows and check they are still PENDING (another
    indexer that got the same message may have won: its rows are dropped from this batch and the
    segments restaged without them), mark them INDEXED (or FAILED with the reason), add the segment
    manifest rows, mark older versions of the same keys and removed objects REMOVED, and tombstone
@@ -27,6 +31,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,9 +58,10 @@ from mediasearch.metadata.images_repo import (
     version_of,
 )
 from mediasearch.metadata.models import PENDING, REMOVED
-from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, publish_in
+from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, live_generation, publish_in
 from mediasearch.objects import ObjectReader, sequencer_order
 from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
 from mediasearch.vector_index.writer import stage_segment
@@ -68,6 +74,11 @@ class _Raced(Exception):
     def __init__(self, ids: set[int]) -> None:
         super().__init__(f"{len(ids)} images were published by another indexer")
         self.ids = ids
+
+
+class _Regenerated(Exception):
+    def __init__(self, staged: int, live: int) -> None:
+        super().__init__(f"index generation {live} went live while this batch was placed by {staged}")
 
 
 class Committer:
@@ -91,6 +102,7 @@ class Committer:
         self.config = config
         self.model_version = model_version
         self.work_dir = work_dir
+        self._generation: Generation | None = None  # the last one loaded (reused while it is live)
 
     def already_done(self, bucket: str, key: str, etag: str, sequencer: str | None = None) -> bool:
         """True when this version is recorded for good (a duplicate delivery; skip its work). A
@@ -124,6 +136,8 @@ class Committer:
                     if it.image_id in raced.ids:
                         it.outcome = "duplicate"
                 live = [it for it in live if it.outcome is None]
+            except _Regenerated as switched:
+                log.info("indexer: %s; restaging", switched)
         for it in live:
             if it.image_id in stale:
                 it.outcome = "stale"
@@ -159,14 +173,21 @@ class Committer:
         return [it for it in created if it.outcome is None]
 
     # -- 2. stage ---------------------------------------------------------------------------
-    def _stage(self, live: list[Item]) -> list[tuple[SegmentRecord, list[Item]]]:
+    def _stage(self, live: list[Item]) -> Staged:
+        generation = self._live_generation()
+        number = generation.number if generation is not None else 0
         encoded = [it for it in live if it.vector is not None]
         if not encoded:
-            return []
+            return Staged(number, [])
         ids = np.array([it.image_id for it in encoded], dtype=np.int64)
-        stamps = np.array([_created(it).timestamp() for it in encoded], dtype=np.float64)
-        shards = self.partitioner.shards_for(ids, stamps)
         vectors = np.stack([it.vector for it in encoded if it.vector is not None]).astype(np.float32)
+        lists = None
+        if generation is not None:
+            lists = generation.assign(vectors)
+            shards = generation.owners[lists]
+        else:
+            stamps = np.array([_created(it).timestamp() for it in encoded], dtype=np.float64)
+            shards = self.partitioner.shards_for(ids, stamps)
         out = []
         for shard in sorted(set(shards.tolist())):
             mask = shards == shard
@@ -178,19 +199,33 @@ class Committer:
                 model_version=self.model_version,
                 config=self.config,
                 work_dir=self.work_dir,
+                generation=generation,
+                lists=lists[mask] if lists is not None else None,
             )
             out.append((record, [it for it, m in zip(encoded, mask, strict=True) if m]))
         _stage("staged", len(encoded), len(out))
-        return out
+        return Staged(number, out)
+
+    def _live_generation(self) -> Generation | None:
+        """The live index generation, its quantizer loaded once and reused while it stays live."""
+        with translated("reading the live index generation"), self.sessions() as session:
+            record = live_generation(session)
+        if record is None:
+            return None
+        if self._generation is None or self._generation.number != record.number:
+            self._generation = load_generation(self.store, record)
+        return self._generation
 
     # -- 3. publish -------------------------------------------------------------------------
-    def _publish(
-        self, live: list[Item], removed: list[Item], records: list[tuple[SegmentRecord, list[Item]]]
-    ) -> set[int]:
+    def _publish(self, live: list[Item], removed: list[Item], staged: Staged) -> set[int]:
         """Step 3; returns the ids of the versions found deleted since they were fetched."""
         now = datetime.now(UTC)
+        records = staged.records
         shard_of = {it.image_id: record.shard for record, members in records for it in members}
         with translated("publishing an indexer batch"), self.sessions.begin() as session:
+            current = live_generation(session, lock=True)
+            if (current.number if current is not None else 0) != staged.generation:
+                raise _Regenerated(staged.generation, current.number if current is not None else 0)
             lock_keys(session, [(it.event.bucket, it.event.key) for it in (*live, *removed)])
             raced = lock_pending(session, [it.image_id for it in live if it.image_id is not None])
             if raced:
@@ -241,6 +276,14 @@ class Committer:
         if objects is None:
             return None
         return lambda: objects.current_etag(bucket, key)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Step 2's output: segments (with their items) placed by index generation ``generation``."""
+
+    generation: int
+    records: list[tuple[SegmentRecord, list[Item]]]
 
 
 def _created(it: Item) -> datetime:

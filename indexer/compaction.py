@@ -3,7 +3,10 @@
 A deployment runs it beside the indexer (``--every``): the indexer writes one small segment per
 shard and batch, and the compactor merges them by size tier and drops deleted vectors
 (:class:`~mediasearch.vector_index.compactor.Compactor` does the work; it is safe to kill at any
-point). SIGTERM or SIGINT stops it between rounds; a round that fails (the database or the store
+point). Each round first asks :meth:`Rebalancer.due` whether the index needs a new generation (the
+first one once it holds ``index_generation_min`` vectors; a rebalance when shards are uneven, the
+index has grown, or the shard count changed) and builds it before merging.
+SIGTERM or SIGINT stops it between rounds; a round that fails (the database or the store
 unreachable) is logged and the next one tries again.
 """
 
@@ -13,7 +16,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from mediasearch.errors import MediaSearchError
 from mediasearch.indexer.metrics import CompactorMetrics
@@ -21,23 +24,45 @@ from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import CompactionResult, Compactor
+from mediasearch.vector_index.rebalance import Rebalancer, RebalanceResult
 from mediasearch.vector_index.store import store_from_settings
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def open_compactor(settings: Settings) -> Iterator[Compactor]:
-    """A compactor over the database and segment store of ``settings`` (migrated first)."""
+def open_compactor(settings: Settings) -> Iterator[tuple[Compactor, Rebalancer]]:
+    """A compactor and a rebalancer over the database and segment store of ``settings`` (migrated
+    first)."""
     with migrated_engine(settings.database_url) as engine:
-        yield Compactor(
-            session_factory(engine),
-            store_from_settings(settings, "compactor"),
+        sessions = session_factory(engine)
+        store = store_from_settings(settings, "compactor")
+        compactor = Compactor(
+            sessions,
+            store,
             BuildConfig.from_settings(settings),
             min_segments=settings.compact_min_segments,
             max_vectors=settings.compact_max_vectors,
             gc_grace_s=settings.gc_grace_s,
         )
+        yield compactor, Rebalancer.from_settings(settings, sessions, store)
+
+
+def rebalance_if_due(rebalancer: Rebalancer, *, force: bool = False) -> RebalanceResult | None:
+    """Build the next index generation when one is due (always with ``force``)."""
+    reason = "requested" if force else rebalancer.due()
+    if reason is None:
+        return None
+    log.info("building a new index generation: %s", reason)
+    return rebalancer.run(reason)
+
+
+def describe_rebalance(result: RebalanceResult) -> str:
+    return (
+        f"index generation {result.generation} live ({result.reason}): {result.vectors} vectors in "
+        f"{result.nlist} lists over {result.segments} segments, imbalance {result.imbalance:.3f}, "
+        f"{result.retired} segments retired, {result.seconds:.1f}s"
+    )
 
 
 def describe(result: CompactionResult) -> str:
@@ -50,10 +75,19 @@ def describe(result: CompactionResult) -> str:
 
 
 def compact(
-    settings: Settings, shards: Sequence[int] | None = None, *, force: bool = False
+    settings: Settings,
+    shards: Sequence[int] | None = None,
+    *,
+    force: bool = False,
+    rebalance: bool = False,
+    say: Callable[[str], None] = log.info,
 ) -> list[CompactionResult]:
-    """One round over ``shards`` (default: all of ``MEDIASEARCH_NUM_SHARDS``)."""
-    with open_compactor(settings) as compactor:
+    """One round over ``shards`` (default: all of ``MEDIASEARCH_NUM_SHARDS``), after building a
+    new index generation if one is due (or ``rebalance`` asks for it)."""
+    with open_compactor(settings) as (compactor, rebalancer):
+        built = rebalance_if_due(rebalancer, force=rebalance)
+        if built is not None:
+            say(describe_rebalance(built))
         return [compactor.compact(s, force=force) for s in shards or range(settings.num_shards)]
 
 
@@ -78,8 +112,9 @@ def keep_compacting(
         port = metrics.serve(settings.indexer_metrics_host, settings.compactor_metrics_port)
         log.info("compactor: Prometheus metrics on http://%s:%d/metrics", settings.indexer_metrics_host, port)
     try:
-        with open_compactor(settings) as compactor:
+        with open_compactor(settings) as (compactor, rebalancer):
             while not stop.is_set():
+                _rebalance_round(rebalancer)
                 for shard in targets:
                     if stop.is_set():
                         break
@@ -88,6 +123,16 @@ def keep_compacting(
                 stop.wait(every_s)
     finally:
         metrics.stop()
+
+
+def _rebalance_round(rebalancer: Rebalancer) -> None:
+    try:
+        built = rebalance_if_due(rebalancer)
+    except MediaSearchError as exc:
+        log.warning("building a new index generation failed, retrying next round: %s", exc)
+        return
+    if built is not None:
+        log.info("%s", describe_rebalance(built))
 
 
 def _round(compactor: Compactor, shard: int, force: bool, metrics: CompactorMetrics) -> None:

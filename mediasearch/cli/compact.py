@@ -1,4 +1,5 @@
-"""``mediasearch compact``: merge small segments of shards, apply deletes, collect garbage."""
+"""``mediasearch compact``: build index generations when due, merge small segments of shards,
+apply deletes, collect garbage."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from mediasearch.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compact",
-        help="merge a shard's small segments into one trained segment and drop deleted ids",
+        help="build index generations when due, merge small segments, drop deleted ids",
         description=(
-            "Merge the small segments of each shard into one trained IVF-HNSW segment (flat when "
-            "small), drop tombstoned vectors, publish the new segment and retire the old ones in "
-            "one transaction, then delete unreferenced segment files older than the grace period. "
-            "Safe to kill at any point: run it again. Unset options come from MEDIASEARCH_* settings."
+            "First, when one is due, build the next index generation: train one coarse quantizer on "
+            "the stored vectors, pack its lists into the shards by size, rewrite every vector into "
+            "its shard's lists and switch in one transaction (due: the first once the index holds "
+            "MEDIASEARCH_INDEX_GENERATION_MIN vectors; then when the largest shard exceeds "
+            "MEDIASEARCH_INDEX_REBALANCE_IMBALANCE x the mean, the index grew "
+            "MEDIASEARCH_INDEX_REBALANCE_GROWTH x, or the shard count changed). Then merge the small "
+            "segments of each shard, drop tombstoned vectors, publish the merged segment and retire "
+            "its inputs in one transaction, and delete unreferenced files older than the grace "
+            "period. Safe to kill at any point: run it again. Unset options come from MEDIASEARCH_* "
+            "settings."
         ),
     )
     p.add_argument("--shard", type=int, action="append", help="shard to compact (repeatable; default: all)")
@@ -29,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compact once a shard has this many small segments (MEDIASEARCH_COMPACT_MIN_SEGMENTS)",
     )
     p.add_argument("--force", action="store_true", help="compact even one segment (to apply deletes)")
+    p.add_argument(
+        "--rebalance",
+        action="store_true",
+        help="build a new index generation now, due or not (a fresh quantizer and list assignment)",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -61,6 +73,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.every > 0:
         keep_compacting(settings, args.shard, args.every, force=args.force)
         return 0
-    for result in compact(settings, args.shard, force=args.force):
+    for result in compact(
+        settings,
+        args.shard,
+        force=args.force,
+        rebalance=args.rebalance,
+        say=lambda line: print(line, flush=True),
+    ):
         print(describe(result), flush=True)
     return 0

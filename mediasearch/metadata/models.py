@@ -34,8 +34,32 @@ class SegmentRow(Base):
     state: Mapped[str] = mapped_column(String(16), nullable=False, default=LIVE)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the index generation whose quantizer placed its vectors (0: the exact layout, no quantizer)
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     __table_args__ = (Index("ix_segments_shard_state", "shard", "state"),)
+
+
+class GenerationRow(Base):
+    """One trained coarse quantizer and its list -> shard assignment (the artifact in the segment
+    store). At most one generation is live; a rebalance switches to the next one in the same
+    transaction that swaps the segments. ``state``: live -> retired -> deleted."""
+
+    __tablename__ = "index_generations"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model_version: Mapped[str] = mapped_column(String(128), nullable=False)
+    nlist: Mapped[int] = mapped_column(Integer, nullable=False)
+    num_shards: Mapped[int] = mapped_column(Integer, nullable=False)
+    quantizer_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    quantizer_uri: Mapped[str] = mapped_column(String(1024), nullable=False)
+    vectors: Mapped[int] = mapped_column(BigInteger, nullable=False)  # trained and placed at the switch
+    imbalance: Mapped[float] = mapped_column(Float, nullable=False)  # largest shard / mean at the switch
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_index_generations_state", "state"),)
 
 
 class TombstoneRow(Base):

@@ -19,9 +19,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict
 from mediasearch.metadata.db import translated, utc
-from mediasearch.metadata.models import DELETED, LIVE, RETIRED, SegmentRow, TombstoneRow, utcnow
+from mediasearch.metadata.models import (
+    DELETED,
+    LIVE,
+    RETIRED,
+    GenerationRow,
+    SegmentRow,
+    TombstoneRow,
+    utcnow,
+)
 
 if TYPE_CHECKING:  # the index package imports this module
+    from mediasearch.vector_index.generation import GenerationRecord
     from mediasearch.vector_index.segment import SegmentMeta
 
 NOTIFY_CHANNEL = "mediasearch_manifest"
@@ -40,10 +49,19 @@ class SegmentRecord:
     state: str = LIVE
     created: datetime | None = None
     retired: datetime | None = None
+    generation: int = 0  # the index generation that placed its vectors (0: exact layout)
 
     @classmethod
     def from_meta(cls, meta: SegmentMeta, uri: str) -> SegmentRecord:
-        return cls(meta.segment_id, meta.shard, uri, meta.count, meta.model_version, meta.index_type)
+        return cls(
+            meta.segment_id,
+            meta.shard,
+            uri,
+            meta.count,
+            meta.model_version,
+            meta.index_type,
+            generation=meta.generation,
+        )
 
     @classmethod
     def from_row(cls, row: SegmentRow) -> SegmentRecord:
@@ -57,6 +75,7 @@ class SegmentRecord:
             row.state,
             utc(row.created),
             utc(row.retired) if row.retired is not None else None,
+            row.generation,
         )
 
 
@@ -68,6 +87,7 @@ class ShardManifest:
     segments: tuple[SegmentRecord, ...]
     tombstones: np.ndarray  # sorted unique int64 ids, shard-scoped and global together
     tombstone_mark: tuple[int, int]  # (max seq, count): cheap change detection
+    generation: GenerationRecord | None = None  # the live index generation (None: exact layout)
 
 
 def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequence[str] = ()) -> None:
@@ -87,6 +107,7 @@ def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequ
                 index_type=rec.index_type,
                 state=LIVE,
                 created=utcnow(),
+                generation=rec.generation,
             )
         )
     if retire:
@@ -150,7 +171,84 @@ def load_shard_manifest(session: Session, shard: int, known: ShardManifest | Non
         else:
             ids = session.scalars(select(TombstoneRow.image_id).where(_tombstone_filter(shard))).all()
             tombstones = np.unique(np.asarray(ids, dtype=np.int64))
-    return ShardManifest(shard, segments, tombstones, mark)
+        generation = live_generation(session)
+    return ShardManifest(shard, segments, tombstones, mark, generation)
+
+
+# -- index generations ------------------------------------------------------------------------
+def live_generation(session: Session, *, lock: bool = False) -> GenerationRecord | None:
+    """The live index generation, or None while the index is in its exact layout. With ``lock``
+    (PostgreSQL) the row is read FOR SHARE: a writer publishing segments placed by this generation
+    holds it until commit, so a switch (FOR UPDATE) waits for it, and it for the switch."""
+    query = select(GenerationRow).where(GenerationRow.state == LIVE)
+    if lock:
+        query = query.with_for_update(read=True)
+    row = session.scalars(query).first()
+    return _generation_record(row) if row is not None else None
+
+
+def lock_generations(session: Session) -> None:
+    """The first statement of a generation switch: wait for every writer that placed vectors (they
+    read the live generation FOR SHARE, a ROW SHARE lock even when no generation exists yet) and
+    keep new ones out until commit; plain reads go on. SQLite serialises writers anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE index_generations IN EXCLUSIVE MODE"))
+
+
+def next_generation_number(session: Session) -> int:
+    return int(session.scalar(select(func.coalesce(func.max(GenerationRow.number), 0))) or 0) + 1
+
+
+def switch_generation(session: Session, record: GenerationRecord) -> None:
+    """Make ``record`` the live generation and retire the previous one, in the caller's transaction
+    (which also swaps the segments, so no query ever mixes two generations' lists)."""
+    session.execute(
+        update(GenerationRow).where(GenerationRow.state == LIVE).values(state=RETIRED, retired=utcnow())
+    )
+    session.add(
+        GenerationRow(
+            number=record.number,
+            model_version=record.model_version,
+            nlist=record.nlist,
+            num_shards=record.num_shards,
+            quantizer_id=record.quantizer_id,
+            quantizer_uri=record.quantizer_uri,
+            vectors=record.vectors,
+            imbalance=record.imbalance,
+            state=LIVE,
+            created=utcnow(),
+        )
+    )
+    session.flush()
+    _notify(session, [""])
+
+
+def retired_generations_before(session: Session, cutoff: datetime) -> list[GenerationRecord]:
+    rows = session.scalars(select(GenerationRow).where(GenerationRow.state == RETIRED))
+    return [_generation_record(r) for r in rows if r.retired is not None and utc(r.retired) < cutoff]
+
+
+def mark_generations_deleted(session: Session, numbers: Sequence[int]) -> None:
+    if numbers:
+        session.execute(
+            update(GenerationRow).where(GenerationRow.number.in_(list(numbers))).values(state=DELETED)
+        )
+
+
+def _generation_record(row: GenerationRow) -> GenerationRecord:
+    from mediasearch.vector_index.generation import GenerationRecord
+
+    return GenerationRecord(
+        row.number,
+        row.model_version,
+        row.nlist,
+        row.num_shards,
+        row.quantizer_id,
+        row.quantizer_uri,
+        row.vectors,
+        row.imbalance,
+        row.state,
+    )
 
 
 def drop_applied_tombstones(session: Session, shard: int, upto_seq: int) -> int:
@@ -162,8 +260,12 @@ def drop_applied_tombstones(session: Session, shard: int, upto_seq: int) -> int:
 
 
 def known_segment_ids(session: Session) -> set[str]:
-    """Ids of every segment whose files must stay (live or retired, not yet deleted)."""
-    return set(session.scalars(select(SegmentRow.id).where(SegmentRow.state != DELETED)))
+    """Ids of every segment (and generation quantizer) whose files must stay (live or retired, not
+    yet deleted)."""
+    segments = set(session.scalars(select(SegmentRow.id).where(SegmentRow.state != DELETED)))
+    return segments | set(
+        session.scalars(select(GenerationRow.quantizer_id).where(GenerationRow.state != DELETED))
+    )
 
 
 def retired_before(session: Session, cutoff: datetime) -> list[SegmentRecord]:

@@ -4,9 +4,10 @@ compactor. Writers publish segments; readers never wait for them.
 Re-exported API:
 """
 
-from mediasearch.vector_index.builder import BuildConfig, IndexSpec, build_index, choose_spec, nlist_for
+from mediasearch.vector_index.builder import BuildConfig, build_flat, nlist_for
 from mediasearch.vector_index.compactor import CompactionResult, Compactor
-from mediasearch.vector_index.follower import ManifestFollower
+from mediasearch.vector_index.follower import GenerationFollower, ManifestFollower
+from mediasearch.vector_index.generation import Generation, GenerationRecord, train_generation
 from mediasearch.vector_index.merge import merge_topk
 from mediasearch.vector_index.partition import (
     DateBucketPartitioner,
@@ -14,6 +15,7 @@ from mediasearch.vector_index.partition import (
     Partitioner,
     make_partitioner,
 )
+from mediasearch.vector_index.rebalance import Rebalancer, RebalanceResult
 from mediasearch.vector_index.router import (
     GrpcRouter,
     LocalRouter,
@@ -32,14 +34,18 @@ __all__ = [
     "CompactionResult",
     "Compactor",
     "DateBucketPartitioner",
+    "Generation",
+    "GenerationFollower",
+    "GenerationRecord",
     "GrpcRouter",
     "HashPartitioner",
-    "IndexSpec",
     "LocalFolderStore",
     "LocalRouter",
     "ManifestFollower",
     "MemoryStore",
     "Partitioner",
+    "RebalanceResult",
+    "Rebalancer",
     "Router",
     "RouterResult",
     "SearchParams",
@@ -48,8 +54,7 @@ __all__ = [
     "Shard",
     "ShardStats",
     "ShardStatus",
-    "build_index",
-    "choose_spec",
+    "build_flat",
     "make_partitioner",
     "make_router",
     "merge_topk",
@@ -57,5 +62,6 @@ __all__ = [
     "open_index",
     "open_store",
     "stage_segment",
+    "train_generation",
     "write_segment",
 ]

@@ -22,18 +22,24 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from mediasearch.errors import Conflict
 from mediasearch.metadata.db import translated
 from mediasearch.metadata.segment_manifest import (
     SegmentRecord,
+    ShardManifest,
     drop_applied_tombstones,
     known_segment_ids,
+    live_generation,
     load_shard_manifest,
     mark_deleted,
+    mark_generations_deleted,
     publish_in,
     retired_before,
+    retired_generations_before,
 )
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.segment import load_vectors
 from mediasearch.vector_index.store import SegmentStore
 from mediasearch.vector_index.writer import stage_segment
@@ -73,6 +79,7 @@ class Compactor:
         self.max_vectors = max_vectors
         self.gc_grace_s = gc_grace_s
         self.work_dir = work_dir
+        self._held: Generation | None = None
 
     def compact(self, shard: int, *, force: bool = False) -> CompactionResult:
         """Merge the shard's small segments if there are ``min_segments`` of them (any with
@@ -83,12 +90,18 @@ class Compactor:
         inputs = self._pick(manifest.segments, force)
         if not inputs:
             return CompactionResult(shard, garbage=tuple(self.collect_garbage()))
+        generation = self._generation(manifest, inputs[0].generation)
+        if inputs[0].generation and generation is None:  # a switch retires them anyway
+            return CompactionResult(shard, garbage=tuple(self.collect_garbage()))
         ids, vectors, dropped = self._load(inputs, manifest.tombstones)
         _stage("loaded", shard, f"{len(inputs)} segments, {len(ids)} vectors, {dropped} deleted")
-        new = self._write(shard, ids, vectors, inputs[0].model_version)
+        new = self._write(shard, ids, vectors, inputs[0].model_version, generation)
         _stage("stored", shard, new.segment_id if new else "nothing left")
         everything = len(inputs) == len(manifest.segments)
         with translated(f"publishing the compaction of shard {shard}"), self.sessions.begin() as session:
+            live = live_generation(session, lock=True)  # a switch waits for this, or this for it
+            if (live.number if live is not None else 0) != inputs[0].generation:
+                raise Conflict(f"shard {shard}: the index generation changed while compacting")
             publish_in(session, add=[new] if new else [], retire=[r.segment_id for r in inputs])
             if everything:  # no live segment outside the merge can still hold a deleted id
                 drop_applied_tombstones(session, shard, manifest.tombstone_mark[0])
@@ -122,8 +135,8 @@ class Compactor:
         small = [s for s in segments if s.count < self.max_vectors]
         if not small:
             return []
-        version = Counter(s.model_version for s in small).most_common(1)[0][0]
-        small = [s for s in small if s.model_version == version]
+        kind = Counter((s.model_version, s.generation) for s in small).most_common(1)[0][0]
+        small = [s for s in small if (s.model_version, s.generation) == kind]
         if force:
             return small
         tiers: dict[int, list[SegmentRecord]] = {}
@@ -154,7 +167,18 @@ class Compactor:
             self.store.release(record.uri, folder)
         return np.concatenate(id_parts), np.concatenate(vector_parts), dropped
 
-    def _write(self, shard: int, ids: np.ndarray, vectors: np.ndarray, version: str) -> SegmentRecord | None:
+    def _generation(self, manifest: ShardManifest, number: int) -> Generation | None:
+        """The generation that placed the inputs, if it is still live (loaded once, kept)."""
+        record = manifest.generation
+        if not number or record is None or record.number != number:
+            return None
+        if self._held is None or self._held.number != number:
+            self._held = load_generation(self.store, record)
+        return self._held
+
+    def _write(
+        self, shard: int, ids: np.ndarray, vectors: np.ndarray, version: str, generation: Generation | None
+    ) -> SegmentRecord | None:
         if len(ids) == 0:
             return None
         return stage_segment(
@@ -165,6 +189,7 @@ class Compactor:
             model_version=version,
             config=self.config,
             work_dir=self.work_dir,
+            generation=generation,
         )
 
     def collect_garbage(self) -> list[str]:
@@ -173,10 +198,14 @@ class Compactor:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.gc_grace_s)
         with translated("collecting garbage"), self.sessions.begin() as session:
             retired = retired_before(session, cutoff)
+            quantizers = retired_generations_before(session, cutoff)
         for record in retired:
             self.store.delete(record.uri)
+        for generation in quantizers:
+            self.store.delete(generation.quantizer_uri)
         with translated("collecting garbage"), self.sessions.begin() as session:
             mark_deleted(session, [r.segment_id for r in retired])
+            mark_generations_deleted(session, [g.number for g in quantizers])
             known = known_segment_ids(session)
         orphans = [
             e for e in self.store.list() if e.segment_id not in known and e.modified < cutoff.timestamp()
@@ -184,7 +213,11 @@ class Compactor:
         for entry in orphans:
             log.info("deleting orphan %s", entry.uri)
             self.store.delete(entry.uri)
-        return [r.segment_id for r in retired] + [e.segment_id for e in orphans]
+        return (
+            [r.segment_id for r in retired]
+            + [g.quantizer_id for g in quantizers]
+            + [e.segment_id for e in orphans]
+        )
 
 
 def size_tier(count: int, fanout: int) -> int:

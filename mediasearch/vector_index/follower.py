@@ -1,4 +1,5 @@
-"""Keep a :class:`Shard` in step with the manifest: poll, and on PostgreSQL also LISTEN.
+"""Keep a :class:`Shard` in step with the manifest: poll, and on PostgreSQL also LISTEN; keep a
+router's index generation current (:class:`GenerationFollower`).
 
 Polling alone meets the 2 s freshness goal with the default 0.5 s interval and works on SQLite;
 on PostgreSQL a LISTEN connection wakes the follower as soon as a publish commits, so a new
@@ -17,9 +18,17 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import MediaSearchError, Unavailable
-from mediasearch.metadata.segment_manifest import NOTIFY_CHANNEL, ShardManifest, load_shard_manifest
+from mediasearch.metadata.db import translated
+from mediasearch.metadata.segment_manifest import (
+    NOTIFY_CHANNEL,
+    ShardManifest,
+    live_generation,
+    load_shard_manifest,
+)
 from mediasearch.settings import Settings
+from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.shard import Shard
+from mediasearch.vector_index.store import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +121,56 @@ class ManifestFollower:
 
 def _is_postgres(engine: object) -> bool:
     return isinstance(engine, Engine) and engine.dialect.name == "postgresql"
+
+
+class GenerationFollower:
+    """Keeps the live index generation loaded for a router: polls the database, loads a new
+    generation's quantizer from the segment store before it is used (a query never waits for a
+    load), and keeps the last one through a database outage. ``current()`` costs nothing."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: SegmentStore,
+        *,
+        interval: float = Settings.defaults().shard_poll_interval_s,
+        verify_checksums: bool = True,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.interval = interval
+        self.verify_checksums = verify_checksums
+        self._generation: Generation | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="generation-follower", daemon=True)
+
+    def current(self) -> Generation | None:
+        return self._generation
+
+    def sync_once(self) -> bool:
+        """Read the live generation; load it if it changed. True when it changed."""
+        with self.sessions() as session, translated("reading the live index generation"):
+            record = live_generation(session)
+        held = self._generation
+        if record is None or (held is not None and held.number == record.number):
+            changed = record is None and held is not None
+            self._generation = None if record is None else held
+            return changed
+        self._generation = load_generation(self.store, record, verify_checksums=self.verify_checksums)
+        log.info("routing by index generation %d (%d lists)", record.number, record.nlist)
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync_once()
+            except MediaSearchError as exc:  # logged; the held generation keeps routing
+                log.warning("index generation sync failed; routing by the held one: %s", exc)

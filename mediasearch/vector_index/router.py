@@ -1,4 +1,9 @@
-"""Fan a query out to every shard, merge to the global top-k.
+"""Route a query to the shards that own its nearest lists, merge to the global top-k.
+
+With a live index generation the router searches the generation's coarse quantizer once, takes
+the ``nprobe`` nearest inverted lists of each query and calls only the shards that own one of
+them, each with its lists (so a query scans ``nprobe`` lists in all, not per shard). Before the
+first generation (the exact layout of a small index) every shard is called and scans everything.
 
 One async interface, two transports: :class:`GrpcRouter` (shard servers, cluster mode) and
 :class:`LocalRouter` (in-process shards, embedded mode), so the gateway awaits the same call in
@@ -19,7 +24,7 @@ import abc
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +35,7 @@ from mediasearch.batcher import MicroBatcher
 from mediasearch.errors import ConfigError, DeadlineExceeded, InvalidInput, MediaSearchError, Unavailable
 from mediasearch.rpc import from_rpc_error
 from mediasearch.settings import Settings
+from mediasearch.vector_index.generation import Generation
 from mediasearch.vector_index.merge import NO_ID, merge_topk
 from mediasearch.vector_index.shard import SearchParams, Shard
 
@@ -58,6 +64,26 @@ class ShardStatus:
     available: bool = True
 
 
+@dataclass
+class RouteCounters:
+    """What the routing did, summed since start: per query, how many lists were scanned and how
+    many shards were called (the bench's ``lists_scanned_per_query`` / ``shards_called_per_query``)."""
+
+    queries: int = 0
+    lists_scanned: int = 0
+    shards_called: int = 0
+
+    def record(self, plan: dict[int, np.ndarray | None], nq: int, num_shards: int) -> None:
+        self.queries += nq
+        if any(lists is None for lists in plan.values()):
+            self.shards_called += nq * len(plan)
+            return
+        scanned = sum(int((lists >= 0).sum()) for lists in plan.values() if lists is not None)
+        called = sum(int((lists >= 0).any(axis=1).sum()) for lists in plan.values() if lists is not None)
+        self.lists_scanned += scanned
+        self.shards_called += called
+
+
 @dataclass(frozen=True)
 class RouterResult:
     """Global top-k per query; ``partial`` when ``missing_shards`` did not answer."""
@@ -78,10 +104,13 @@ class Router(abc.ABC):
         deadline_s: float = DEFAULTS.router_deadline_s,
         allow_partial: bool = DEFAULTS.router_allow_partial,
         coalesce: bool = True,
+        generations: Callable[[], Generation | None] | None = None,
     ) -> None:
         self.num_shards = num_shards
         self.deadline_s = deadline_s
         self.allow_partial = allow_partial
+        self.generations = generations  # the live index generation (None: exact layout)
+        self.counters = RouteCounters()
         self._batcher: MicroBatcher[_Search, Hits] | None = None
         if coalesce:
             self._batcher = MicroBatcher(
@@ -129,12 +158,15 @@ class Router(abc.ABC):
     async def _fan_out(self, queries: np.ndarray, key: tuple[object, ...], deadline: float) -> Hits:
         params, model_version = key[0], key[1]
         assert isinstance(params, SearchParams) and isinstance(model_version, str)
+        generation, plan = self._plan(queries, params)
+        number = generation.number if generation is not None else 0
         calls = [
-            self._search_shard(s, queries, params, deadline, model_version) for s in range(self.num_shards)
+            self._search_shard(s, queries, params, deadline, model_version, lists, number)
+            for s, lists in plan.items()
         ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         answered, missing = [], []
-        for shard, outcome in enumerate(outcomes):
+        for shard, outcome in zip(plan, outcomes, strict=True):
             if isinstance(outcome, _RETRYABLE):
                 log.warning("shard %d did not answer: %s", shard, outcome)
                 missing.append(shard)
@@ -144,14 +176,45 @@ class Router(abc.ABC):
                 answered.append(outcome)
         if missing and (not self.allow_partial or not answered):
             raise Unavailable(f"shards {missing} of {self.num_shards} did not answer")
+        if not answered:  # no shard owns a probed list: nothing indexed near these queries
+            empty = np.full((len(queries), params.k), NO_ID, dtype=np.int64)
+            return np.full(empty.shape, -np.inf, dtype=np.float32), empty, ()
         scores, ids = merge_topk([a[0] for a in answered], [a[1] for a in answered], params.k)
         return scores, ids, tuple(missing)
 
+    def _plan(
+        self, queries: np.ndarray, params: SearchParams
+    ) -> tuple[Generation | None, dict[int, np.ndarray | None]]:
+        """Which shards to call, with which lists: the owners of the queries' nearest lists under
+        the live generation; every shard (each probes its own copy) when there is no generation
+        or it was trained for another shard count than this router's."""
+        generation = self.generations() if self.generations is not None else None
+        if generation is not None and generation.num_shards > self.num_shards:
+            log.warning(
+                "generation %d spreads lists over %d shards, this router knows %d: asking every shard",
+                generation.number, generation.num_shards, self.num_shards,
+            )  # fmt: skip
+            generation = None
+        if generation is None:
+            plan: dict[int, np.ndarray | None] = {s: None for s in range(self.num_shards)}
+        else:
+            plan = dict(generation.route(generation.probe(queries, params.nprobe)))
+        self.counters.record(plan, len(queries), self.num_shards)
+        return generation, plan
+
     @abc.abstractmethod
     async def _search_shard(
-        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+        self,
+        shard: int,
+        queries: np.ndarray,
+        params: SearchParams,
+        deadline: float,
+        model_version: str,
+        lists: np.ndarray | None,
+        generation: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) from one shard, or Unavailable/DeadlineExceeded."""
+        """(scores, ids) from one shard scanning ``lists`` of ``generation`` (None: all it holds,
+        or its own quantizer's choice), or Unavailable/DeadlineExceeded."""
 
     @abc.abstractmethod
     async def stats(self) -> list[ShardStatus]:
@@ -172,10 +235,19 @@ class LocalRouter(Router):
         self.shards = list(shards)
 
     async def _search_shard(
-        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+        self,
+        shard: int,
+        queries: np.ndarray,
+        params: SearchParams,
+        deadline: float,
+        model_version: str,
+        lists: np.ndarray | None,
+        generation: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         remaining = deadline - asyncio.get_running_loop().time()
-        call = asyncio.to_thread(self.shards[shard].search, queries, params, model_version)
+        call = asyncio.to_thread(
+            self.shards[shard].search, queries, params, model_version, lists=lists, generation=generation
+        )
         try:
             return await asyncio.wait_for(call, timeout=max(remaining, 0.0))
         except TimeoutError as exc:
@@ -227,7 +299,14 @@ class GrpcRouter(Router):
         return stub
 
     async def _search_shard(
-        self, shard: int, queries: np.ndarray, params: SearchParams, deadline: float, model_version: str
+        self,
+        shard: int,
+        queries: np.ndarray,
+        params: SearchParams,
+        deadline: float,
+        model_version: str,
+        lists: np.ndarray | None,
+        generation: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         from mediasearch._proto.mediasearch.v1 import shard_pb2
 
@@ -238,6 +317,9 @@ class GrpcRouter(Router):
             nprobe=params.nprobe,
             ef_search=params.ef_search,
             model_version=model_version,
+            lists=b"" if lists is None else lists.astype("<i4").tobytes(),
+            index_generation=generation,
+            rerank=params.rerank,
         )
         addresses = self.replicas[shard]
         start = next(self._turn[shard])  # rotate the first replica tried: spreads the load
@@ -312,12 +394,17 @@ def _decode(response: object, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, ids
 
 
-def make_router(settings: Settings, local_shards: Sequence[Shard] = ()) -> Router:
+def make_router(
+    settings: Settings,
+    local_shards: Sequence[Shard] = (),
+    generations: Callable[[], Generation | None] | None = None,
+) -> Router:
     """The one factory: shard servers when ``shard_addresses`` is set (cluster), else the given
-    in-process shards (embedded)."""
+    in-process shards (embedded); ``generations`` gives the live index generation to route by."""
     options: dict[str, Any] = {
         "deadline_s": settings.router_deadline_s,
         "allow_partial": settings.router_allow_partial,
+        "generations": generations,
     }
     if settings.shard_addresses:
         from mediasearch.tls import internal_channel_credentials

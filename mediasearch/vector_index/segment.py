@@ -15,12 +15,16 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from mediasearch.errors import CorruptData, InvalidInput
-from mediasearch.vector_index.builder import BuildConfig, build_index
+from mediasearch.vector_index.builder import FLAT, BuildConfig, build_flat, check_vectors
+
+if TYPE_CHECKING:
+    from mediasearch.vector_index.generation import Generation
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -47,6 +51,7 @@ class SegmentMeta:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     created: str = ""
     format_version: int = FORMAT_VERSION
+    generation: int = 0  # the index generation whose lists hold its vectors (0: exact layout)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -84,26 +89,42 @@ def write_segment(
     model_version: str,
     config: BuildConfig,
     segment_id: str | None = None,
+    generation: Generation | None = None,
+    lists: np.ndarray | None = None,
 ) -> SegmentMeta:
-    """Build the index for these vectors and write the complete segment into ``folder``."""
+    """Build the index for these vectors and write the complete segment into ``folder``: exact
+    (flat) without a generation, else the codes in the generation's lists (``lists``: the list of
+    each vector when the caller placed them already). The ids and source vectors are stored sorted
+    by id, so a shard finds a candidate's full vector by binary search to re-rank it."""
     if not model_version:
         raise InvalidInput("a segment must record the model version that produced its vectors")
     if len(ids) == 0:
         raise InvalidInput("refusing to write an empty segment")
-    index, spec = build_index(vectors, ids, config)
+    vectors, ids = check_vectors(vectors, ids)
+    order = np.argsort(ids, kind="stable")
+    vectors, ids = vectors[order], ids[order]
     folder.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(folder / INDEX_FILE))
-    np.save(folder / IDS_FILE, np.asarray(ids, dtype=np.int64))
-    np.save(folder / VECTORS_FILE, np.asarray(vectors, dtype=np.float32))
+    if generation is None:
+        faiss.write_index(build_flat(vectors, ids), str(folder / INDEX_FILE))
+        index_type = FLAT
+    else:
+        from mediasearch.vector_index.generation import build_generation_index, write_stripped
+
+        placed = None if lists is None else np.asarray(lists, dtype=np.int64)[order]
+        write_stripped(build_generation_index(generation, vectors, ids, placed), folder / INDEX_FILE)
+        index_type = generation.factory
+    np.save(folder / IDS_FILE, ids)
+    np.save(folder / VECTORS_FILE, vectors)
     meta = SegmentMeta(
         segment_id=segment_id or new_segment_id(shard),
         shard=shard,
         count=len(ids),
         dim=int(vectors.shape[1]),
         model_version=model_version,
-        index_type=spec.factory,
+        index_type=index_type,
         files={name: sha256_file(folder / name) for name in DATA_FILES},
         created=datetime.now(UTC).isoformat(),
+        generation=generation.number if generation is not None else 0,
     )
     (folder / META_FILE).write_text(meta.to_json())
     return meta

@@ -25,8 +25,9 @@ import numpy as np
 from mediasearch.errors import InvalidInput, ManifestMismatch
 from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
 from mediasearch.settings import FromSettings, Settings
+from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.merge import merge_topk
-from mediasearch.vector_index.segment import open_index
+from mediasearch.vector_index.segment import load_vectors, open_index
 from mediasearch.vector_index.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -36,38 +37,65 @@ _faiss: Any = faiss  # the stubs lack the SearchParameters keyword constructors
 
 @dataclass(frozen=True)
 class SearchParams(FromSettings):
-    """Per-request knobs; nprobe and ef_search only matter for IVF segments."""
+    """Per-request knobs. ``nprobe``: inverted lists scanned per query in the whole index (one
+    generation's lists, spread over the shards that own them); ``rerank``: each segment keeps
+    ``k * rerank`` candidates by their compressed codes and re-scores them exactly against the
+    stored vectors, so recall is not capped by the encoding; ``ef_search``: the HNSW efSearch of a
+    quantizer that is a graph (large nlist)."""
 
     k: int
     nprobe: int
     ef_search: int
+    rerank: int = 4
 
     def __post_init__(self) -> None:
-        if not (0 < self.k <= 10_000 and self.nprobe > 0 and self.ef_search > 0):
+        if not (0 < self.k <= 10_000 and 0 < self.nprobe <= 65_536 and self.ef_search > 0):
             raise InvalidInput(f"bad search parameters: {self}")
+        if not 1 <= self.rerank <= 100:
+            raise InvalidInput(f"rerank must be 1..100 (candidates per result); got {self.rerank}")
+
+    @property
+    def candidates(self) -> int:
+        return self.k * self.rerank
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SearchParams:
-        """The deployment's defaults (``MEDIASEARCH_SEARCH_NPROBE``, ``..._EF``), top 10."""
-        return cls(k=DEFAULT_K, nprobe=settings.search_nprobe, ef_search=settings.search_ef)
+        """The deployment's defaults (``MEDIASEARCH_SEARCH_NPROBE``, ``..._EF``, ``..._RERANK``), top 10."""
+        return cls(
+            k=DEFAULT_K,
+            nprobe=settings.search_nprobe,
+            ef_search=settings.search_ef,
+            rerank=settings.search_rerank,
+        )
 
 
 class LoadedSegment:
-    """One segment's memory-mapped index, ready to search from many threads at once."""
+    """One segment's index, ready to search from many threads at once. A segment of an index
+    generation also maps its id-sorted ids and source vectors, to re-rank candidates exactly."""
 
     def __init__(self, record: SegmentRecord, index: faiss.Index, folder: Path, store: SegmentStore) -> None:
         self.record = record
         self.index = index
-        self.ivf = faiss.try_extract_index_ivf(index)
+        self.ivf: Any = faiss.try_extract_index_ivf(index)
         self.folder = folder
+        self.ids: np.ndarray | None = None
+        self.vectors: np.ndarray | None = None
+        if record.generation:
+            self.ids, self.vectors = load_vectors(folder)
         weakref.finalize(self, store.release, record.uri, folder)
 
     def search(
-        self, queries: np.ndarray, params: SearchParams, selector: faiss.IDSelector | None
+        self,
+        queries: np.ndarray,
+        params: SearchParams,
+        selector: faiss.IDSelector | None,
+        lists: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        if lists is not None and self.record.generation:
+            return self._search_lists(queries, params, selector, lists)
         k = min(params.k, max(1, self.index.ntotal))
         search_params: Any = None
-        if self.ivf is not None:
+        if self.ivf is not None:  # a per-segment IVF of the layout before generations
             quantizer = _faiss.SearchParametersHNSW(efSearch=params.ef_search)
             search_params = _faiss.SearchParametersIVF(
                 sel=selector, nprobe=min(params.nprobe, self.ivf.nlist), quantizer_params=quantizer
@@ -76,6 +104,35 @@ class LoadedSegment:
             search_params = _faiss.SearchParameters(sel=selector)
         scores, ids = self.index.search(queries, k, params=search_params)
         return scores, ids
+
+    def _search_lists(
+        self, queries: np.ndarray, params: SearchParams, selector: faiss.IDSelector | None, lists: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scan only the given lists (-1: skip), keep ``params.candidates`` by code, re-rank them."""
+        nq, nprobe = lists.shape
+        k = min(params.candidates, max(1, self.index.ntotal))
+        scores = np.empty((nq, k), dtype=np.float32)
+        ids = np.empty((nq, k), dtype=np.int64)
+        coarse = np.zeros((nq, nprobe), dtype=np.float32)  # codes are not residuals: unused
+        search_params = _faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        self.ivf.search_preassigned_c(
+            nq, faiss.swig_ptr(queries), k, faiss.swig_ptr(lists), faiss.swig_ptr(coarse),
+            faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, search_params, None,
+        )  # fmt: skip
+        return self._rerank(queries, ids, params.k)
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products of the candidates (found in the id-sorted vectors), top ``k``."""
+        assert self.ids is not None and self.vectors is not None
+        missing = candidates < 0
+        rows = np.searchsorted(self.ids, np.where(missing, 0, candidates))
+        exact = np.einsum("qcd,qd->qc", self.vectors[rows.clip(0, len(self.ids) - 1)], queries)
+        exact[missing] = -np.inf
+        keep = min(k, exact.shape[1])
+        top = np.argpartition(-exact, keep - 1, axis=1)[:, :keep] if keep < exact.shape[1] else None
+        if top is not None:
+            exact, candidates = np.take_along_axis(exact, top, 1), np.take_along_axis(candidates, top, 1)
+        return exact.astype(np.float32), np.where(np.isneginf(exact), -1, candidates)
 
 
 @dataclass(frozen=True)
@@ -87,6 +144,7 @@ class ShardView:
     tombstone_mark: tuple[int, int] = (0, 0)
     generation: int = 0
     _selector_parts: tuple[object, ...] = ()
+    quantizer: Generation | None = None  # the index generation its segments belong to
 
     @property
     def selector(self) -> faiss.IDSelector | None:
@@ -115,6 +173,7 @@ class ShardStats:
     generation: int
     model_versions: tuple[str, ...]
     last_sync: float
+    index_generation: int = 0
 
 
 class Shard:
@@ -143,19 +202,50 @@ class Shard:
         return self._view
 
     def search(
-        self, queries: np.ndarray, params: SearchParams, model_version: str = ""
+        self,
+        queries: np.ndarray,
+        params: SearchParams,
+        model_version: str = "",
+        *,
+        lists: np.ndarray | None = None,
+        generation: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query over every live segment; deleted ids never come back."""
+        """Top-k (scores, ids) per query over every live segment; deleted ids never come back.
+
+        ``lists`` ((nq, nprobe) list ids of index generation ``generation``, -1 for lists another
+        shard owns) are the router's choice. Without them, or when they belong to another
+        generation than the one this shard serves (a switch in progress: the router and the shard
+        catch up with the manifest at slightly different times), the shard probes its own copy
+        of the quantizer and scans the probed lists it owns."""
         view = self._view  # one read: this query uses this view to the end, whatever apply does
         queries = _check_queries(queries, view)
         if model_version and any(s.record.model_version != model_version for s in view.segments):
             raise ManifestMismatch(f"shard {self.shard_id} does not serve model version {model_version}")
+        empty = np.full((len(queries), params.k), -1, dtype=np.int64)
         if not view.segments:
-            empty = np.full((len(queries), params.k), -1, dtype=np.int64)
             return np.full(empty.shape, -np.inf, dtype=np.float32), empty
+        if view.quantizer is not None:
+            lists = self._own_lists(view.quantizer, queries, params, lists, generation)
+            if lists is None:
+                return np.full(empty.shape, -np.inf, dtype=np.float32), empty
         selector = view.selector
-        parts = [seg.search(queries, params, selector) for seg in view.segments]
+        parts = [seg.search(queries, params, selector, lists) for seg in view.segments]
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], params.k)
+
+    def _own_lists(
+        self,
+        quantizer: Generation,
+        queries: np.ndarray,
+        params: SearchParams,
+        lists: np.ndarray | None,
+        generation: int,
+    ) -> np.ndarray | None:
+        if lists is not None and generation == quantizer.number:
+            lists = np.ascontiguousarray(lists, dtype=np.int64)
+            if lists.ndim != 2 or len(lists) != len(queries) or lists.max(initial=-1) >= quantizer.nlist:
+                raise InvalidInput(f"lists of shape {lists.shape} do not fit {len(queries)} queries")
+            return lists
+        return quantizer.route(quantizer.probe(queries, params.nprobe)).get(self.shard_id)
 
     def apply(self, manifest: ShardManifest) -> bool:
         """Bring the view to ``manifest``; all-or-nothing. Returns True when the view changed.
@@ -168,9 +258,12 @@ class Shard:
             current = self._view
             wanted = [r for r in manifest.segments if self._serves(r)]
             loaded = {s.record.segment_id: s for s in current.segments}
-            if [r.segment_id for r in wanted] == list(
-                loaded
-            ) and manifest.tombstone_mark == current.tombstone_mark:
+            quantizer = self._quantizer(manifest, current.quantizer)
+            if (
+                [r.segment_id for r in wanted] == list(loaded)
+                and manifest.tombstone_mark == current.tombstone_mark
+                and quantizer is current.quantizer
+            ):
                 self.last_sync = time.time()
                 return False
             segments = tuple(loaded.get(r.segment_id) or self._load(r) for r in wanted)
@@ -183,6 +276,7 @@ class Shard:
                 _selector_parts=current._selector_parts
                 if same_tombstones
                 else _selector(manifest.tombstones),
+                quantizer=quantizer,
             )
             self.last_sync = time.time()
         log.info(
@@ -193,6 +287,15 @@ class Shard:
             len(manifest.tombstones),
         )
         return True
+
+    def _quantizer(self, manifest: ShardManifest, current: Generation | None) -> Generation | None:
+        """The live generation's quantizer: the one held if it is still live, else loaded."""
+        record = manifest.generation
+        if record is None:
+            return None
+        if current is not None and current.number == record.number:
+            return current
+        return load_generation(self.store, record, verify_checksums=self.verify_checksums)
 
     def _serves(self, record: SegmentRecord) -> bool:
         if self.model_version and record.model_version != self.model_version:
@@ -223,6 +326,7 @@ class Shard:
             generation=view.generation,
             model_versions=tuple(sorted({s.record.model_version for s in view.segments})),
             last_sync=self.last_sync,
+            index_generation=view.quantizer.number if view.quantizer is not None else 0,
         )
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from mediasearch.metadata.segment_manifest import SegmentRecord
 from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.generation import Generation
 from mediasearch.vector_index.segment import write_segment
 from mediasearch.vector_index.store import SegmentStore
 
@@ -28,10 +29,16 @@ def stage_segment(
     model_version: str,
     config: BuildConfig,
     work_dir: Path | None = None,
+    generation: Generation | None = None,
+    lists: np.ndarray | None = None,
 ) -> SegmentRecord:
-    """Write and upload one immutable segment; nothing serves it until its record is published."""
+    """Write and upload one immutable segment; nothing serves it until its record is published.
+    With ``generation``, the vectors go into its lists (``lists``: already placed)."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="segment-") as tmp:
         folder = Path(tmp) / "segment"
-        meta = write_segment(folder, vectors, ids, shard=shard, model_version=model_version, config=config)
+        meta = write_segment(
+            folder, vectors, ids, shard=shard, model_version=model_version, config=config,
+            generation=generation, lists=lists,
+        )  # fmt: skip
         uri = store.put(folder, meta)
     return SegmentRecord.from_meta(meta, uri)

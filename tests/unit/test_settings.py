@@ -56,7 +56,7 @@ def test_a_variable_that_names_no_setting_is_refused_with_the_closest_name(
     [
         (QueryLimits, "max_top_k", "gateway_max_top_k", 7),
         (PipelineOptions, "batch_size", "indexer_batch_size", 5),
-        (BuildConfig, "flat_max", "index_flat_max", 123),
+        (BuildConfig, "train_per_list", "index_train_per_list", 123),
         (TritonClientOptions, "url", "triton_grpc_url", "10.0.0.1:8001"),
         (BatchingOptions, "max_batch", "encoder_max_batch", 9),
         (SearchParams, "nprobe", "search_nprobe", 3),
