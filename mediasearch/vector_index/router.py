@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -227,8 +228,8 @@ class Router(abc.ABC):
 
 
 class LocalRouter(Router):
-    """In-process shards (embedded mode): each shard searched in a worker thread (FAISS drops
-    the GIL, so shards run in parallel)."""
+    """In-process shards (embedded mode): each planned shard searched in a worker thread (FAISS
+    drops the GIL, so shards run in parallel, and a stuck one misses only its own deadline)."""
 
     def __init__(self, shards: Sequence[Shard], **kwargs: Any) -> None:
         super().__init__(len(shards), **kwargs)
@@ -244,10 +245,12 @@ class LocalRouter(Router):
         lists: np.ndarray | None,
         generation: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        remaining = deadline - asyncio.get_running_loop().time()
-        call = asyncio.to_thread(
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        search = functools.partial(
             self.shards[shard].search, queries, params, model_version, lists=lists, generation=generation
         )
+        call = loop.run_in_executor(None, search)  # not to_thread: no context copy, ~40 us less
         try:
             return await asyncio.wait_for(call, timeout=max(remaining, 0.0))
         except TimeoutError as exc:

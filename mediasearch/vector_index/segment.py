@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -162,6 +164,35 @@ def open_index(folder: Path, *, mmap: bool = True, mmap_ivf: bool = False) -> fa
         return faiss.read_index(str(folder / INDEX_FILE), flags)
     except RuntimeError as exc:
         raise CorruptData(f"cannot read {folder / INDEX_FILE}: {exc}") from exc
+
+
+def map_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The segment's ids and source vectors memory-mapped with every page mapped up front
+    (MAP_POPULATE), for re-ranking: a query reads a few dozen random rows, and a page fault on
+    each first touch cost more than the exact scoring itself (measured ~190 vs 30 us a segment
+    search). The pages are the page cache's, shared by every process on the node."""
+    return _map_npy(folder / IDS_FILE), _map_npy(folder / VECTORS_FILE)
+
+
+def _map_npy(path: Path) -> np.ndarray:
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+            if math.prod(shape) == 0:
+                return np.empty(shape, dtype=dtype)
+            mapped = mmap.mmap(
+                fh.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ
+            )
+    except (OSError, ValueError) as exc:
+        raise CorruptData(f"cannot map {path}: {exc}") from exc
+    return np.ndarray(shape, dtype=dtype, buffer=mapped, offset=offset, order="F" if fortran else "C")
 
 
 def load_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:

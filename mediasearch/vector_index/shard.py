@@ -27,7 +27,7 @@ from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
 from mediasearch.settings import FromSettings, Settings
 from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.merge import merge_topk
-from mediasearch.vector_index.segment import load_vectors, open_index
+from mediasearch.vector_index.segment import map_vectors, open_index
 from mediasearch.vector_index.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class LoadedSegment:
         self.ids: np.ndarray | None = None
         self.vectors: np.ndarray | None = None
         if record.generation:
-            self.ids, self.vectors = load_vectors(folder)
+            self.ids, self.vectors = map_vectors(folder)
         weakref.finalize(self, store.release, record.uri, folder)
 
     def search(
@@ -122,17 +122,22 @@ class LoadedSegment:
         return self._rerank(queries, ids, params.k)
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner products of the candidates (found in the id-sorted vectors), top ``k``."""
+        """Exact inner products of the candidates (found in the id-sorted vectors), the top ``k``
+        in the project's order (score desc, id asc), padded with -1 / -inf."""
         assert self.ids is not None and self.vectors is not None
         missing = candidates < 0
-        rows = np.searchsorted(self.ids, np.where(missing, 0, candidates))
-        exact = np.einsum("qcd,qd->qc", self.vectors[rows.clip(0, len(self.ids) - 1)], queries)
+        rows = np.minimum(np.searchsorted(self.ids, candidates), len(self.ids) - 1)
+        exact = np.matmul(self.vectors[rows], queries[:, :, None])[:, :, 0]
         exact[missing] = -np.inf
-        keep = min(k, exact.shape[1])
-        top = np.argpartition(-exact, keep - 1, axis=1)[:, :keep] if keep < exact.shape[1] else None
-        if top is not None:
-            exact, candidates = np.take_along_axis(exact, top, 1), np.take_along_axis(candidates, top, 1)
-        return exact.astype(np.float32), np.where(np.isneginf(exact), -1, candidates)
+        order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, candidates), -exact), axis=1)[:, :k]
+        scores = np.take_along_axis(exact, order, 1)
+        ids = np.take_along_axis(candidates, order, 1)
+        ids[np.isneginf(scores)] = -1
+        if ids.shape[1] < k:
+            pad = ((0, 0), (0, k - ids.shape[1]))
+            scores = np.pad(scores, pad, constant_values=-np.inf)
+            ids = np.pad(ids, pad, constant_values=-1)
+        return scores, ids
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,8 @@ class Shard:
                 return np.full(empty.shape, -np.inf, dtype=np.float32), empty
         selector = view.selector
         parts = [seg.search(queries, params, selector, lists) for seg in view.segments]
+        if len(parts) == 1 and lists is not None and view.segments[0].record.generation:  # re-ranked, sorted
+            return parts[0]
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], params.k)
 
     def _own_lists(
