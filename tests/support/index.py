@@ -1,7 +1,10 @@
-"""Helpers shared by the index tests: data, brute force, a SQLite manifest, segment publishing."""
+"""Helpers shared by the index tests: data, brute force, a SQLite manifest, segment publishing,
+index generations."""
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +12,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.segment_manifest import SegmentRecord, publish
+from mediasearch.metadata.segment_manifest import SegmentRecord, publish, switch_generation
 from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.generation import Generation, GenerationRecord, imbalance, train_generation
 from mediasearch.vector_index.store import SegmentStore
 from mediasearch.vector_index.writer import stage_segment
 
@@ -65,13 +69,73 @@ def add_segment(
     shard: int = 0,
     config: BuildConfig | None = None,
     model_version: str = MODEL,
+    generation: Generation | None = None,
 ) -> SegmentRecord:
-    """Stage and publish one segment (what the indexer does per batch)."""
+    """Stage and publish one segment (what the indexer does per batch); with ``generation``, its
+    vectors go into that generation's lists (the caller picks the shard that owns them)."""
     record = stage_segment(
-        store, vectors, ids, shard=shard, model_version=model_version, config=config or BuildConfig.defaults()
+        store,
+        vectors,
+        ids,
+        shard=shard,
+        model_version=model_version,
+        config=config or BuildConfig.defaults(),
+        generation=generation,
     )
     publish(sessions, add=[record])
     return record
+
+
+def store_generation(
+    store: SegmentStore,
+    vectors: np.ndarray,
+    *,
+    number: int = 1,
+    num_shards: int = 1,
+    config: BuildConfig | None = None,
+    model_version: str = MODEL,
+) -> tuple[Generation, GenerationRecord, np.ndarray]:
+    """Train index generation ``number`` on ``vectors`` and put its artifact in ``store`` (nothing
+    makes it live): the generation, its manifest record, and the list of each vector."""
+    generation, lists = train_generation(
+        vectors, number=number, num_shards=num_shards, config=config or BuildConfig.defaults()
+    )
+    segment_id = f"g{number:06d}-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="generation-") as tmp:
+        folder = Path(tmp) / "quantizer"
+        meta = generation.write(folder, model_version=model_version, segment_id=segment_id)
+        uri = store.put(folder, meta)
+    record = GenerationRecord(
+        number,
+        model_version,
+        generation.nlist,
+        num_shards,
+        segment_id,
+        uri,
+        len(vectors),
+        imbalance(generation.shard_sizes()),
+    )
+    return generation, record, lists
+
+
+def publish_generation(
+    sessions: sessionmaker[Session],
+    store: SegmentStore,
+    vectors: np.ndarray,
+    *,
+    number: int = 1,
+    num_shards: int = 1,
+    config: BuildConfig | None = None,
+    model_version: str = MODEL,
+) -> tuple[Generation, GenerationRecord]:
+    """:func:`store_generation`, then make it the live generation (the previous one retired); the
+    live segments are left as they are (the rebalancer would rewrite them)."""
+    generation, record, _ = store_generation(
+        store, vectors, number=number, num_shards=num_shards, config=config, model_version=model_version
+    )
+    with sessions.begin() as session:
+        switch_generation(session, record)
+    return generation, record
 
 
 def dispose(sessions: sessionmaker[Session]) -> None:

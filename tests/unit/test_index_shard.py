@@ -12,24 +12,55 @@ import pytest
 from mediasearch.errors import CorruptData, ManifestMismatch, NotFound
 from mediasearch.metadata.segment_manifest import SegmentRecord, ShardManifest
 from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.generation import Generation, GenerationRecord
 from mediasearch.vector_index.merge import merge_topk
 from mediasearch.vector_index.shard import SearchParams, Shard
 from mediasearch.vector_index.store import MemoryStore
 from mediasearch.vector_index.writer import stage_segment
-from tests.support.index import MODEL, brute_force, clustered, recall, unit_vectors
+from tests.support.index import MODEL, brute_force, clustered, recall, store_generation, unit_vectors
 
 
 def _manifest(
-    records: list[SegmentRecord], tombstones: list[int] | None = None, mark: int = 0
+    records: list[SegmentRecord],
+    tombstones: list[int] | None = None,
+    mark: int = 0,
+    generation: GenerationRecord | None = None,
 ) -> ShardManifest:
     stones = np.unique(np.asarray(tombstones or [], dtype=np.int64))
-    return ShardManifest(0, tuple(records), stones, (mark, len(stones)))
+    return ShardManifest(0, tuple(records), stones, (mark, len(stones)), generation)
 
 
-def _stage(store: MemoryStore, x: np.ndarray, ids: np.ndarray, **kwargs: object) -> SegmentRecord:
-    config = kwargs.pop("config", BuildConfig.defaults())
-    version = str(kwargs.pop("model_version", MODEL))
-    return stage_segment(store, x, ids, shard=0, model_version=version, config=config)  # type: ignore[arg-type]
+def _stage(
+    store: MemoryStore,
+    x: np.ndarray,
+    ids: np.ndarray,
+    *,
+    model_version: str = MODEL,
+    generation: Generation | None = None,
+) -> SegmentRecord:
+    return stage_segment(
+        store,
+        x,
+        ids,
+        shard=0,
+        model_version=model_version,
+        config=BuildConfig.defaults(),
+        generation=generation,
+    )
+
+
+def _generation_shard(
+    store: MemoryStore, x: np.ndarray, ids: np.ndarray, parts: int = 1, number: int = 1
+) -> tuple[Shard, Generation, GenerationRecord, list[SegmentRecord]]:
+    """A shard serving ``x`` in ``parts`` segments of a generation trained on ``x`` (one shard owns
+    every list; SQ8 codes, so exact scores come from re-ranking)."""
+    config = BuildConfig.defaults(encoding="SQ8")
+    generation, record, _ = store_generation(store, x, number=number, config=config)
+    chunks = np.array_split(np.arange(len(ids)), parts)
+    segments = [_stage(store, x[c], ids[c], generation=generation) for c in chunks]
+    shard = Shard(0, store)
+    shard.apply(_manifest(segments, generation=record))
+    return shard, generation, record, segments
 
 
 def test_shard_search_over_several_segments_matches_brute_force(tmp_path: Path) -> None:
@@ -45,15 +76,19 @@ def test_shard_search_over_several_segments_matches_brute_force(tmp_path: Path) 
     np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("flat_max", [100_000, 1000], ids=["flat", "ivf"])
-def test_deleted_ids_never_come_back(tmp_path: Path, flat_max: int) -> None:
+@pytest.mark.parametrize("layout", ["flat", "generation"])
+def test_deleted_ids_never_come_back(tmp_path: Path, layout: str) -> None:
     store = MemoryStore(tmp_path)
     x = clustered(4000, seed=3)
     ids = np.arange(4000, dtype=np.int64)
-    record = _stage(store, x, ids, config=BuildConfig.defaults(flat_max=flat_max))
+    generation, gen_record = None, None
+    if layout == "generation":
+        generation, gen_record, _ = store_generation(store, x)
+    record = _stage(store, x, ids, generation=generation)
     deleted = ids[::3]
     shard = Shard(0, store)
-    shard.apply(_manifest([record], list(deleted), mark=1))
+    shard.apply(_manifest([record], list(deleted), mark=1, generation=gen_record))
+    assert shard.stats().index_generation == (1 if generation else 0)
     _, found = shard.search(
         x[deleted[:200]], SearchParams.defaults(k=20, nprobe=64, ef_search=128)
     )  # the deleted ones
@@ -145,18 +180,61 @@ def test_merge_breaks_score_ties_by_ascending_id() -> None:
     assert s[0, :3].tolist() == pytest.approx([0.9, 0.9, 0.5]) and s[0, 3] == -np.inf
 
 
-def test_ivf_shard_recall_rises_with_nprobe_and_is_exact_when_every_list_is_probed(tmp_path: Path) -> None:
+def test_generation_shard_recall_rises_with_nprobe_and_is_exact_when_every_list_is_probed(
+    tmp_path: Path,
+) -> None:
     store = MemoryStore(tmp_path)
     x, q = clustered(8000, seed=5), clustered(50, seed=6)
     ids = np.arange(8000, dtype=np.int64)
-    shard = Shard(0, store)
-    shard.apply(_manifest([_stage(store, x, ids, config=BuildConfig.defaults(flat_max=1000))]))
-    nlist = shard.view.segments[0].ivf.nlist
+    shard, generation, _, _ = _generation_shard(store, x, ids, parts=2)
+    assert shard.view.quantizer is not None and shard.view.quantizer.nlist == generation.nlist
+    nlist = generation.nlist
     assert nlist == 64  # 8000 vectors: 4 * sqrt(8000) = 358, capped by 64 training vectors a list
-    truth = brute_force(x, ids, q, 10)[1]
+    assert all(s.ivf.nlist == nlist for s in shard.view.segments)
+    assert shard.view.segments[0].record.index_type == "IVF64,SQ8@g1"  # compressed codes, re-ranked
+    truth_scores, truth = brute_force(x, ids, q, 10)
     found = [
-        recall(shard.search(q, SearchParams.defaults(k=10, nprobe=nprobe, ef_search=128))[1], truth)
+        recall(shard.search(q, SearchParams.defaults(k=10, nprobe=nprobe))[1], truth)
         for nprobe in (1, 4, 16, nlist)
     ]
     assert found == sorted(found) and len(set(found)) == len(found), found  # each step finds more
     assert found[0] < 0.5 and found[-1] == 1.0, found  # one list of 64 misses most; all of them, none
+    scores, everything = shard.search(q, SearchParams.defaults(k=10, nprobe=nlist))
+    np.testing.assert_array_equal(everything, truth)  # re-ranked: exact scores, the exact order
+    np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+
+
+def test_generation_shard_scans_only_the_routers_lists_of_its_own_generation(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    x, q = clustered(4000, seed=7), clustered(20, seed=8)
+    ids = np.arange(4000, dtype=np.int64)
+    shard, generation, _, _ = _generation_shard(store, x, ids, parts=3)
+    truth = brute_force(x, ids, q, 10)[1]
+    wide = SearchParams.defaults(k=10, nprobe=generation.nlist)
+    one = generation.probe(q, 1)
+    routed = shard.search(q, wide, lists=one, generation=1)  # the router's lists, not params.nprobe
+    np.testing.assert_array_equal(routed[1], shard.search(q, SearchParams.defaults(k=10, nprobe=1))[1])
+    assert recall(routed[1], truth) < 0.9
+    skipped = shard.search(q, wide, lists=np.full_like(one, -1), generation=1)  # another shard owns them
+    assert (skipped[1] == -1).all() and np.isneginf(skipped[0]).all()
+    # lists of another generation (a switch in flight): the shard probes its own quantizer instead
+    stale = shard.search(q, wide, lists=np.full_like(one, -1), generation=2)
+    np.testing.assert_array_equal(stale[1], truth)
+
+
+def test_shard_loads_the_quantizer_of_a_new_generation_once(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path)
+    x, q = clustered(3000, seed=9), clustered(10, seed=10)
+    ids = np.arange(3000, dtype=np.int64)
+    shard, _, first, segments = _generation_shard(store, x, ids)
+    held = shard.view.quantizer
+    assert held is not None and held.number == 1 and shard.stats().index_generation == 1
+    assert not shard.apply(_manifest(segments, generation=first))  # nothing changed: nothing reloaded
+    assert shard.view.quantizer is held
+    second, record, _ = store_generation(store, x, number=2, config=BuildConfig.defaults(encoding="Flat"))
+    moved = _stage(store, x, ids, generation=second)
+    assert shard.apply(_manifest([moved], generation=record))
+    assert shard.view.quantizer is not held and shard.stats().index_generation == 2
+    assert shard.stats().segments == (moved.segment_id,)
+    _, found = shard.search(q, SearchParams.defaults(k=10, nprobe=second.nlist))
+    np.testing.assert_array_equal(found, brute_force(x, ids, q, 10)[1])
