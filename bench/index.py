@@ -8,9 +8,10 @@ generation 1 (k-means lists, SQ8 codes, lists packed into the shards by size) an
 index) whose in-process recall@10 reaches 0.95, each segment re-ranking its top ``k * rerank``
 candidates exactly. Then, same vectors and queries, one run:
 
-- in-process, one query at a time, FAISS on one thread: through the LocalRouter the gateway runs
-  in embedded mode (``inproc_qps``), and through a direct synchronous loop (router plan,
-  ``Shard.search`` per called shard, merge) that also says where a query's time goes;
+- in-process, one query at a time, on one thread (``inproc_qps``, like hnswlib's figure): the
+  router's plan (quantizer probe, lists routed to their owners), ``Shard.search`` of each called
+  shard, merge, in a direct loop that also says where a query's time goes; and through the
+  LocalRouter as the embedded gateway runs it (asyncio, shards in worker threads), printed beside;
 - served: a GrpcRouter routing by the live generation to the 4 shard servers: p50 at concurrency 1,
   QPS at concurrency 8, recall@10 on every query, lists scanned and shards called per query (the
   router's counters over the timed searches);
@@ -431,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         f"index: n={args.n} shards={args.shards} nlist={generation.nlist} nprobe={params.nprobe} "
         f"recall@10={srv.recall:.4f} lists_scanned_per_query={lists_per_query:.2f} "
         f"shards_called_per_query={shards_per_query:.2f} served_c1_p50_ms={c1_p50:.2f} "
-        f"served_qps_c{args.concurrency}={srv.qps:.0f} inproc_qps={ours.router_qps:.0f} "
-        f"hnswlib_qps={hnswlib_qps} vs_hnswlib={ratio(ours.router_qps, base_hn)} "
-        f"vs_numpy={ratio(ours.router_qps, base_np)} imbalance={skew:.3f} "
+        f"served_qps_c{args.concurrency}={srv.qps:.0f} inproc_qps={ours.direct_qps:.0f} "
+        f"hnswlib_qps={hnswlib_qps} vs_hnswlib={ratio(ours.direct_qps, base_hn)} "
+        f"vs_numpy={ratio(ours.direct_qps, base_np)} imbalance={skew:.3f} "
         f"bytes_per_vec={ours.files[INDEX_FILE] / args.n:.0f} build_s={built.seconds:.0f}"
     )
     return 0
