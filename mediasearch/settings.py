@@ -285,9 +285,9 @@ class Settings(BaseSettings):
     search_nprobe: int = Field(
         default=16,
         gt=0,
-        description="Default inverted lists probed per query, in the whole index (the router sends each shard "
-        "the probed lists it owns). 16 of 4096 gave recall@10 0.974 with re-ranking on bench-index's 1M "
-        "out-of-distribution queries (8: 0.939).",
+        description="Default inverted lists probed per query, in the whole index (the router sends each "
+        "shard the probed lists it owns). 16 of 4096 gave recall@10 0.974 with re-ranking on bench-index's "
+        "1M out-of-distribution queries (8: 0.939).",
     )
     search_ef: int = Field(
         default=128,

@@ -159,8 +159,14 @@ def live_segments(session: Session, shard: int) -> tuple[SegmentRecord, ...]:
 
 
 def load_shard_manifest(session: Session, shard: int, known: ShardManifest | None = None) -> ShardManifest:
-    """Live segments + tombstones of a shard; tombstone ids are re-read only when they changed."""
+    """Live segments + tombstones of a shard; tombstone ids are re-read only when they changed.
+
+    On PostgreSQL the reads share one REPEATABLE READ snapshot when the session has not begun yet:
+    a generation switch committing between two of them would otherwise pair the old segments
+    with the new tombstones and quantizer."""
     with translated(f"reading the manifest of shard {shard}"):
+        if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         segments = live_segments(session, shard)
         max_seq, count = session.execute(
             select(func.coalesce(func.max(TombstoneRow.seq), 0), func.count()).where(_tombstone_filter(shard))

@@ -222,8 +222,7 @@ def train_generation(
     template = faiss.index_factory(dim, f"IVF{nlist},{config.encoding}", faiss.METRIC_INNER_PRODUCT)
     ivf: Any = faiss.extract_index_ivf(template)
     ivf.quantizer.add(centroids)
-    if "SQ" in config.encoding:
-        ivf.by_residual = False  # codes independent of the list: no quantizer needed to scan them
+    ivf.by_residual = False  # codes independent of the list: segments are scanned without a quantizer
     template.train(sample)  # the quantizer is complete, so this trains only the encoder
     placeholder = Generation(number, template, np.arange(nlist) % num_shards, np.zeros(nlist))
     lists = placeholder.assign(vectors)

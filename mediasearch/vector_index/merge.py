@@ -18,7 +18,9 @@ def merge_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-source (nq, k_i) score/id arrays into the global (nq, k) top-k.
 
-    Missing results (id -1) sort last and stay -1 with score -inf in the output.
+    Missing results (id -1) sort last and stay -1 with score -inf in the output. An id that
+    several sources return (a vector served by its old and its new shard for the moment a
+    generation switch takes to reach every shard) is kept once, at its best score.
     """
     if not scores:
         raise ValueError("merge_topk needs at least one source")
@@ -27,7 +29,13 @@ def merge_topk(
     missing = all_ids < 0
     key_scores = np.where(missing, -np.inf, all_scores)
     key_ids = np.where(missing, np.iinfo(np.int64).max, all_ids)
-    order = np.lexsort((key_ids, -key_scores), axis=1)[:, :k]
+    order = np.lexsort((key_ids, -key_scores), axis=1)
+    if len(scores) > 1:
+        _drop_repeats(all_ids, missing, order)
+        key_scores = np.where(missing, -np.inf, all_scores)
+        key_ids = np.where(missing, np.iinfo(np.int64).max, all_ids)
+        order = np.lexsort((key_ids, -key_scores), axis=1)
+    order = order[:, :k]
     out_scores = np.take_along_axis(key_scores, order, axis=1).astype(np.float32)
     out_ids = np.take_along_axis(all_ids, order, axis=1)
     out_ids[np.take_along_axis(missing, order, axis=1)] = NO_ID
@@ -36,3 +44,16 @@ def merge_topk(
         out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=NO_ID)
     return out_scores, out_ids
+
+
+def _drop_repeats(ids: np.ndarray, missing: np.ndarray, order: np.ndarray) -> None:
+    """Mark every occurrence of an id after its best-ranked one as missing (in place)."""
+    by_id = np.sort(np.where(missing, -1, ids), axis=1)
+    if not ((by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0)).any():
+        return  # the usual case: sources hold disjoint ids
+    for row in range(len(ids)):
+        ranked = ids[row, order[row]]
+        _, first = np.unique(ranked, return_index=True)
+        repeat = np.ones(len(ranked), dtype=bool)
+        repeat[first] = False
+        missing[row, order[row][repeat]] = True

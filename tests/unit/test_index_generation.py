@@ -308,15 +308,7 @@ def test_a_shard_of_a_generation_returns_exact_scores_and_never_a_deleted_id(tmp
         "SQ4",
         "SQfp16",
         "Flat",
-        pytest.param(
-            "PQ16x4",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=RuntimeError,
-                reason="core: a PQ generation keeps by_residual, so scanning a segment whose quantizer "
-                "write_stripped removed calls reconstruct on the empty quantizer (faiss RuntimeError)",
-            ),
-        ),
+        "PQ16x4",
     ],
 )
 def test_a_shard_of_a_generation_answers_for_every_encoding_the_settings_allow(
@@ -618,13 +610,6 @@ def test_deletes_and_publishes_during_a_rebalance_are_placed_by_the_switch(
     np.testing.assert_array_equal(found[2:, 0], ids[3010:3400])  # caught-up vectors are served
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core: Router._fan_out (vector_index/router.py:183) merges the shards' answers with merge_topk, "
-    "which keeps an id two shards both answered twice; while the shards apply a switch one by one, a moved "
-    "vector is served by its old and its new shard",
-)
 def test_a_router_never_returns_an_id_twice_while_shards_serve_different_generations(index: _Index) -> None:
     """Shard servers apply a switch one after the other: for a moment a moved vector is in the old
     generation's segment on one shard and in the new one's on another."""
