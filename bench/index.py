@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -278,6 +280,7 @@ class Served:
     qps: float  # at the benchmark's concurrency
     recall: float
     counters: RouteCounters  # over the timed searches (both concurrencies)
+    rtt_ms: np.ndarray  # a Stats call to one shard server at concurrency 1: the transport's floor
 
 
 async def served(
@@ -299,12 +302,27 @@ async def served(
         cn, qps = await timed(router, queries, params, concurrency, count)
         counters = router.counters
         router.counters = RouteCounters()
+        rtt = await round_trips(router, addresses[0], 300)
         found = np.concatenate(
             [(await router.search(queries[i : i + 64], params)).ids for i in range(0, len(queries), 64)]
         )
     finally:
         await router.close()
-    return Served(c1, cn, qps, recall_at(found, truth), counters)
+    return Served(c1, cn, qps, recall_at(found, truth), counters, rtt)
+
+
+async def round_trips(router: GrpcRouter, address: str, count: int) -> np.ndarray:
+    """Milliseconds of ``count`` Stats calls to one shard server, one at a time: what one RPC costs
+    on this machine without any search work (the floor under a served search's latency)."""
+    from mediasearch._proto.mediasearch.v1 import shard_pb2
+
+    stub: Any = router._stub(address)
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await stub.Stats(shard_pb2.ShardStatsRequest(), timeout=5.0)
+        out.append((time.perf_counter() - t0) * 1000)
+    return np.array(out)
 
 
 async def timed(
@@ -421,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {np.percentile(srv.c1_ms, 99):.2f} ms; "
         f"c{args.concurrency} p50 {np.percentile(srv.cn_ms, 50):.2f} ms p99 "
         f"{np.percentile(srv.cn_ms, 99):.2f} ms, {srv.qps:.0f} QPS; recall@10 {srv.recall:.4f}"
+    )
+    say(
+        f"served c1 breakdown (ms): p50 {c1_p50:.2f} = in-process work {ours.breakdown.total:.2f} "
+        f"+ {shards_per_query:.2f} shard RPCs in parallel (one Stats round trip alone: p50 "
+        f"{np.percentile(srv.rtt_ms, 50):.2f}, p99 {np.percentile(srv.rtt_ms, 99):.2f}) + the rest "
+        f"{c1_p50 - ours.breakdown.total - np.percentile(srv.rtt_ms, 50):.2f} (asyncio, serialisation, "
+        f"the other calls' wake-ups on {os.cpu_count()} cores)"
     )
 
     base_np, base_hn, base_pg = baselines(x, queries, truth, args)

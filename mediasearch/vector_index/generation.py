@@ -2,12 +2,13 @@
 
 A generation is trained once, on a sample of every vector the index holds: k-means gives ``nlist``
 centroids (the inverted lists), the vector encoding (SQ8 by default) is trained on the same sample,
-and the lists are packed into shards by size (largest first onto the lightest shard), so shards
-hold about the same number of vectors. A vector lives in the list of its nearest centroid, and so
-in exactly one shard. A query searches the quantizer once (in the router), takes its ``nprobe``
-nearest lists, and only the shards that own one of them scan anything: the work per query is
-``nprobe`` lists whatever the number of shards (FAISS's ``IndexShardsIVF``, SPANN's posting
-lists routed by centroid).
+and the lists are packed into shards by size and by neighbourhood (:func:`pack_regions`: each
+shard a region of nearby lists, every shard within 2% of the mean), so shards hold about the same
+number of vectors and a query's nearest lists mostly sit on one or two shards. A vector lives in
+the list of its nearest centroid, and so in exactly one shard. A query searches the quantizer once
+(in the router), takes its ``nprobe`` nearest lists, and only the shards that own one of them scan
+anything: the work per query is ``nprobe`` lists whatever the number of shards (FAISS's
+``IndexShardsIVF``, SPANN's posting lists routed by centroid).
 
 The generation's artifact is stored in the segment store like a segment (same files, same
 checksums, same garbage collection): ``index.faiss`` is the trained, empty index (quantizer +
@@ -102,10 +103,8 @@ class Generation:
         """Per shard that owns at least one of the probed lists, the lists it must scan: the same
         (nq, nprobe) shape, with -1 where another shard owns the list (FAISS skips those)."""
         owner = self.owners[lists]
-        out = {}
-        for shard in np.unique(owner).tolist():
-            out[int(shard)] = np.where(owner == shard, lists, -1)
-        return out
+        shards = set(owner[0].tolist()) if len(owner) == 1 else set(np.unique(owner).tolist())
+        return {shard: np.where(owner == shard, lists, -1) for shard in sorted(shards)}
 
     def empty_index(self) -> faiss.Index:
         """A trained, empty index of this generation, ready for ``add_core`` with placed lists."""
@@ -187,6 +186,40 @@ def balance(sizes: np.ndarray, num_shards: int) -> np.ndarray:
     return owners
 
 
+def pack_regions(
+    centroids: np.ndarray, sizes: np.ndarray, num_shards: int, *, slack: float = 0.02, seed: int = 1234
+) -> np.ndarray:
+    """Owner shard per list, neighbouring lists on the same shard and shards within ``slack`` of
+    even (SPANN-style: a query's nearest lists are near each other, so it calls one or two shards
+    instead of all). Each shard gets a region: a k-means of the centroids, weighted by list size,
+    into ``num_shards``. Lists then go, largest first, to the most similar region whose shard
+    still has room under (1 + slack) x the mean, else to the lightest shard. Falls back to
+    :func:`balance` when there are too few lists per shard to choose from."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    if num_shards == 1:
+        return np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) < 8 * num_shards or sizes.sum() == 0:
+        return balance(sizes, num_shards)
+    clustering: Any = faiss.Clustering(centroids.shape[1], num_shards)
+    clustering.seed = seed
+    clustering.spherical = True
+    clustering.niter = 25
+    clustering.max_points_per_centroid = len(sizes)  # no sub-sampling: every list counts
+    clustering.train(centroids, faiss.IndexFlatIP(centroids.shape[1]), weights=sizes.astype(np.float32) + 1)
+    regions = faiss.vector_to_array(clustering.centroids).reshape(num_shards, -1)
+    preference = np.argsort(-(centroids @ regions.T), axis=1, kind="stable")
+    capacity = (1 + slack) * sizes.sum() / num_shards
+    owners = np.empty(len(sizes), dtype=np.int64)
+    load = np.zeros(num_shards, dtype=np.int64)
+    for lst in np.argsort(-sizes, kind="stable"):
+        room = [s for s in preference[lst] if load[s] + sizes[lst] <= capacity]
+        shard = int(room[0]) if room else int(np.argmin(load))
+        owners[lst] = shard
+        load[shard] += sizes[lst]
+    return owners
+
+
 def imbalance(per_shard: np.ndarray) -> float:
     """Largest shard / mean shard (1.0 is perfect)."""
     mean = float(np.mean(per_shard)) if len(per_shard) else 0.0
@@ -200,7 +233,8 @@ def train_generation(
 
     k-means runs on a sample of ``nlist * train_per_list`` vectors (spherical: centroids are unit
     vectors, as inner-product search wants), the encoder is trained on the same sample, every
-    vector is then placed in its nearest list and the lists are packed into ``num_shards``."""
+    vector is then placed in its nearest list and the lists are packed into ``num_shards``
+    regions (:func:`pack_regions`)."""
     if num_shards <= 0:
         raise InvalidInput("a generation needs at least one shard")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -227,7 +261,8 @@ def train_generation(
     placeholder = Generation(number, template, np.arange(nlist) % num_shards, np.zeros(nlist))
     lists = placeholder.assign(vectors)
     sizes = np.bincount(lists, minlength=nlist)
-    generation = Generation(number, template, balance(sizes, num_shards), sizes)
+    owners = pack_regions(centroids, sizes, num_shards, seed=config.seed)
+    generation = Generation(number, template, owners, sizes)
     log.info(
         "generation %d: %d lists over %d shards, imbalance %.3f",
         number, nlist, num_shards, imbalance(generation.shard_sizes()),

@@ -30,8 +30,7 @@ def merge_topk(
     key_scores = np.where(missing, -np.inf, all_scores)
     key_ids = np.where(missing, np.iinfo(np.int64).max, all_ids)
     order = np.lexsort((key_ids, -key_scores), axis=1)
-    if len(scores) > 1:
-        _drop_repeats(all_ids, missing, order)
+    if len(scores) > 1 and _drop_repeats(all_ids, missing, order):
         key_scores = np.where(missing, -np.inf, all_scores)
         key_ids = np.where(missing, np.iinfo(np.int64).max, all_ids)
         order = np.lexsort((key_ids, -key_scores), axis=1)
@@ -46,14 +45,16 @@ def merge_topk(
     return out_scores, out_ids
 
 
-def _drop_repeats(ids: np.ndarray, missing: np.ndarray, order: np.ndarray) -> None:
-    """Mark every occurrence of an id after its best-ranked one as missing (in place)."""
+def _drop_repeats(ids: np.ndarray, missing: np.ndarray, order: np.ndarray) -> bool:
+    """Mark every occurrence of an id after its best-ranked one as missing (in place); False
+    when there was none."""
     by_id = np.sort(np.where(missing, -1, ids), axis=1)
     if not ((by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0)).any():
-        return  # the usual case: sources hold disjoint ids
+        return False  # the usual case: sources hold disjoint ids
     for row in range(len(ids)):
         ranked = ids[row, order[row]]
         _, first = np.unique(ranked, return_index=True)
         repeat = np.ones(len(ranked), dtype=bool)
         repeat[first] = False
         missing[row, order[row][repeat]] = True
+    return True

@@ -74,15 +74,20 @@ class RouteCounters:
     lists_scanned: int = 0
     shards_called: int = 0
 
-    def record(self, plan: dict[int, np.ndarray | None], nq: int, num_shards: int) -> None:
+    def record(self, plan: dict[int, np.ndarray | None], nq: int, lists: np.ndarray | None = None) -> None:
+        """One fan-out: ``lists`` the probed lists (None: no generation, every shard scans all)."""
         self.queries += nq
-        if any(lists is None for lists in plan.values()):
+        if lists is None:
             self.shards_called += nq * len(plan)
             return
-        scanned = sum(int((lists >= 0).sum()) for lists in plan.values() if lists is not None)
-        called = sum(int((lists >= 0).any(axis=1).sum()) for lists in plan.values() if lists is not None)
-        self.lists_scanned += scanned
-        self.shards_called += called
+        self.lists_scanned += lists.size  # every list has an owner, which scans it
+        if nq == 1:
+            self.shards_called += len(plan)
+        else:
+            owners = np.sort(
+                np.stack([np.where(ls >= 0, s, -1) for s, ls in plan.items() if ls is not None]).max(0), 1
+            )
+            self.shards_called += int((np.diff(owners, axis=1) != 0).sum()) + nq
 
 
 @dataclass(frozen=True)
@@ -198,9 +203,11 @@ class Router(abc.ABC):
             generation = None
         if generation is None:
             plan: dict[int, np.ndarray | None] = {s: None for s in range(self.num_shards)}
+            self.counters.record(plan, len(queries))
         else:
-            plan = dict(generation.route(generation.probe(queries, params.nprobe)))
-        self.counters.record(plan, len(queries), self.num_shards)
+            lists = generation.probe(queries, params.nprobe)
+            plan = dict(generation.route(lists))
+            self.counters.record(plan, len(queries), lists)
         return generation, plan
 
     @abc.abstractmethod

@@ -324,7 +324,8 @@ def test_a_shard_of_a_generation_answers_for_every_encoding_the_settings_allow(
     )
     shard = Shard(0, store)
     shard.apply(ShardManifest(0, (segment,), np.empty(0, np.int64), (0, 0), generation=record))
-    params = SearchParams(k=10, nprobe=8, ef_search=16)
+    # coarse codes (4-bit PQ) need a deeper candidate list than the default to re-rank from
+    params = SearchParams(k=10, nprobe=8, ef_search=16, rerank=8 if encoding.startswith("PQ") else 2)
     scores, found = shard.search(q, params, lists=generation.probe(q, params.nprobe), generation=1)
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", x[found], q), atol=1e-5)
     assert recall(found, brute_force(x, ids, q, 10)[1]) >= 0.95
