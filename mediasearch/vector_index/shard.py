@@ -134,7 +134,9 @@ class LoadedSegment:
             found = found[found >= 0]
             if not len(found):
                 continue
-            exact = self.vectors[np.searchsorted(self.ids, found)] @ queries[row]
+            # einsum, not `@`: a BLAS call per tiny product contends for BLAS's own threads when
+            # a shard server's search threads run at once (most of its time at concurrency 8)
+            exact = np.einsum("cd,d->c", self.vectors[np.searchsorted(self.ids, found)], queries[row])
             top = np.argsort(-exact, kind="stable")[:k]
             scores[row, : len(top)] = exact[top]
             ids[row, : len(top)] = found[top]

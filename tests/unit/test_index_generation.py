@@ -45,6 +45,7 @@ from mediasearch.vector_index.generation import (
     balance,
     imbalance,
     load_generation,
+    pack_regions,
     plan_nlist,
     train_generation,
 )
@@ -151,6 +152,25 @@ def test_balance_of_thousands_of_lists_is_within_five_percent_of_even() -> None:
     per_shard = np.bincount(owners, weights=sizes)
     assert imbalance(per_shard) <= 1.05, per_shard
     assert imbalance(np.bincount(np.arange(2000) % 8, weights=sizes)) > imbalance(per_shard)
+
+
+def test_region_packing_keeps_neighbouring_lists_together_within_two_percent_of_even() -> None:
+    """What makes a query call fewer shards: a list's nearest lists mostly share its shard."""
+    rng = np.random.default_rng(4)
+    centroids = clustered(512, d=16, clusters=12, spread=0.4, seed=4)  # lists of a clumpy collection
+    sizes = rng.integers(50, 400, 512)
+    _, near = faiss.knn(centroids, centroids, 9, metric=faiss.METRIC_INNER_PRODUCT)
+
+    def shards_touched(owners: np.ndarray) -> float:  # distinct owners of each list's 9 nearest
+        return float(np.mean([len(set(row)) for row in owners[near].tolist()]))
+
+    regions, packed = pack_regions(centroids, sizes, 4, slack=0.02), balance(sizes, 4)
+    assert imbalance(np.bincount(regions, weights=sizes, minlength=4)) <= 1.02 + sizes.max() / sizes.sum()
+    assert shards_touched(regions) < 0.7 * shards_touched(packed), (
+        shards_touched(regions),
+        shards_touched(packed),
+    )
+    assert set(pack_regions(centroids[:20], sizes[:20], 4).tolist()) == {0, 1, 2, 3}  # few lists: LPT
 
 
 def test_route_masks_lists_of_other_shards_and_names_only_shards_owning_a_probed_list() -> None:
