@@ -24,6 +24,8 @@ def merge_topk(
     """
     if not scores:
         raise ValueError("merge_topk needs at least one source")
+    if all(len(s) == 1 for s in scores):
+        return _merge_one(scores, ids, k)
     all_scores = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores], axis=1)
     all_ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids], axis=1)
     missing = all_ids < 0
@@ -42,6 +44,28 @@ def merge_topk(
         pad = k - out_ids.shape[1]
         out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=NO_ID)
+    return out_scores, out_ids
+
+
+def _merge_one(
+    scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """merge_topk for one query (most calls): the same order and rules on flat arrays."""
+    flat_scores = np.concatenate([np.asarray(s, dtype=np.float32).ravel() for s in scores])
+    flat_ids = np.concatenate([np.asarray(i, dtype=np.int64).ravel() for i in ids])
+    found = flat_ids >= 0
+    flat_scores, flat_ids = flat_scores[found], flat_ids[found]
+    order = np.lexsort((flat_ids, -flat_scores))
+    flat_scores, flat_ids = flat_scores[order], flat_ids[order]
+    if len(scores) > 1:
+        unique, first = np.unique(flat_ids, return_index=True)
+        if len(unique) < len(flat_ids):  # an id from two sources: its best-ranked copy stays
+            first.sort()
+            flat_scores, flat_ids = flat_scores[first], flat_ids[first]
+    out_scores = np.full((1, k), -np.inf, dtype=np.float32)
+    out_ids = np.full((1, k), NO_ID, dtype=np.int64)
+    n = min(k, len(flat_ids))
+    out_scores[0, :n], out_ids[0, :n] = flat_scores[:n], flat_ids[:n]
     return out_scores, out_ids
 
 

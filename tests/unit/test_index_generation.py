@@ -652,3 +652,26 @@ def test_a_router_never_returns_an_id_twice_while_shards_serve_different_generat
         found = _route(shards, generation, x[moved], SearchParams(k=10, nprobe=8, ef_search=16))
         repeated = [row for row in found if len(set(row[row >= 0].tolist())) < (row >= 0).sum()]
         assert repeated == [], f"{len(repeated)} of {len(found)} answers hold an id twice"
+
+
+def test_the_probe_of_a_few_queries_and_of_a_batch_pick_the_same_lists(tmp_path: Path) -> None:
+    """Two code paths, one answer: the product for a few queries, FAISS's search for batches."""
+    x, q = _data(3000, 40, seed=21)
+    generation, _, _ = store_generation(MemoryStore(tmp_path), x)
+    batch = generation.probe(q, 12)  # 40 queries: FAISS
+    one_by_one = np.concatenate([generation.probe(q[i : i + 1], 12) for i in range(len(q))])
+    np.testing.assert_array_equal(one_by_one, batch)
+    assert generation.probe(q[:1], 10_000).shape == (1, generation.nlist)  # nprobe capped at nlist
+
+
+def test_merging_one_query_ranks_like_merging_many() -> None:
+    rng = np.random.default_rng(5)
+    scores = [np.round(rng.random((3, 6)), 1).astype(np.float32) for _ in range(3)]  # ties on purpose
+    ids = [rng.integers(-1, 12, (3, 6)) for _ in range(3)]  # repeats across sources, and gaps
+    together = merge_topk(scores, ids, 8)
+    for row in range(3):
+        alone = merge_topk([s[row : row + 1] for s in scores], [i[row : row + 1] for i in ids], 8)
+        np.testing.assert_array_equal(alone[1], together[1][row : row + 1])
+        np.testing.assert_array_equal(alone[0], together[0][row : row + 1])
+        kept = alone[1][alone[1] >= 0]
+        assert len(set(kept.tolist())) == len(kept)  # each id once
