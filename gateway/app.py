@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch._proto.mediasearch.v1 import search_pb2
@@ -113,6 +114,9 @@ async def start_gateway(
     settings: Settings, *, port: int | None = None, metrics_port: int | None = None
 ) -> Gateway:
     """Build and start the gateway described by ``settings`` (ports may be overridden; 0 = free)."""
+    # The router probes the quantizer on the event loop: one OpenMP thread, so a coalesced batch's
+    # probe never spins up a second core that the encoder (or a co-located Triton) needs.
+    faiss.omp_set_num_threads(1)
     security = GatewaySecurity.from_settings(settings)
     # No pre-ping on the query path: it costs a database round trip per request; a connection the
     # server dropped fails one request (UNAVAILABLE) and is replaced.

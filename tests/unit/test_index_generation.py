@@ -654,16 +654,6 @@ def test_a_router_never_returns_an_id_twice_while_shards_serve_different_generat
         assert repeated == [], f"{len(repeated)} of {len(found)} answers hold an id twice"
 
 
-def test_the_probe_of_a_few_queries_and_of_a_batch_pick_the_same_lists(tmp_path: Path) -> None:
-    """Two code paths, one answer: the product for a few queries, FAISS's search for batches."""
-    x, q = _data(3000, 40, seed=21)
-    generation, _, _ = store_generation(MemoryStore(tmp_path), x)
-    batch = generation.probe(q, 12)  # 40 queries: FAISS
-    one_by_one = np.concatenate([generation.probe(q[i : i + 1], 12) for i in range(len(q))])
-    np.testing.assert_array_equal(one_by_one, batch)
-    assert generation.probe(q[:1], 10_000).shape == (1, generation.nlist)  # nprobe capped at nlist
-
-
 def test_merging_one_query_ranks_like_merging_many() -> None:
     rng = np.random.default_rng(5)
     scores = [np.round(rng.random((3, 6)), 1).astype(np.float32) for _ in range(3)]  # ties on purpose
