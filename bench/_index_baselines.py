@@ -60,6 +60,7 @@ def hnswlib_baseline(
     if built < len(x):
         return BaselineResult("hnswlib", None, note=f"build cap hit at {built} of {len(x)} vectors")
     index.set_num_threads(1)
+
     def recall_with(ef: int) -> float:
         index.set_ef(ef)
         found, _ = index.knn_query(queries, k=10)

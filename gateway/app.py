@@ -184,8 +184,8 @@ async def start_gateway(
             await gateway.keys.start()
         await asyncio.to_thread(locator.warm)
         await encoder.start()
-        for follower in followers:
-            follower.start()
+        for each in followers:
+            each.start()
         gateway.port = await gateway.server.start()
         wanted_metrics = settings.gateway_metrics_port if metrics_port is None else metrics_port
         if wanted_metrics or metrics_port == 0:
