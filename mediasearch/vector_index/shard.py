@@ -49,7 +49,7 @@ class SearchParams(FromSettings):
     rerank: int = 2
 
     def __post_init__(self) -> None:
-        if not (0 < self.k <= 10_000 and 0 < self.nprobe <= 65_536 and self.ef_search > 0):
+        if not (0 < self.k <= 10_000 and self.nprobe > 0 and self.ef_search > 0):
             raise InvalidInput(f"bad search parameters: {self}")
         if not 1 <= self.rerank <= 100:
             raise InvalidInput(f"rerank must be 1..100 (candidates per result); got {self.rerank}")
