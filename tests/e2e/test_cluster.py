@@ -236,10 +236,12 @@ def test_a_supervisor_killed_with_sigkill_takes_every_process_of_the_cluster_wit
     micro_repository: Path, tmp_path: Path, postgres_url: str
 ) -> None:
     with make_up(micro_repository, postgres_url, tmp_path, "--no-indexer") as (child, info):
-        pids = list(info["pids"].values())
+        named = dict(info["pids"])
+        pids = list(named.values())
         assert all(_alive(pid) for pid in pids)
         child.kill()  # no chance to stop anything: the kernel tells each child (PR_SET_PDEATHSIG)
         deadline = time.monotonic() + 30
         while [pid for pid in pids if _alive(pid)]:
-            assert time.monotonic() < deadline, f"left behind: {[p for p in pids if _alive(p)]}"
+            left = {name: pid for name, pid in named.items() if _alive(pid)}
+            assert time.monotonic() < deadline, f"left behind: {left}"
             time.sleep(0.2)
