@@ -15,9 +15,11 @@ The order is what makes a crash at any point harmless (exactly-once in effect):
    placed by (read FOR SHARE: a generation switch waits for this transaction; after a switch the
    batch is restaged), lock the reserved rows and check they are still PENDING (another
    indexer that got the same message may have won: its rows are dropped from this batch and the
-   segments restaged without them), mark them INDEXED (or FAILED with the reason), add the segment
-   manifest rows, mark older versions of the same keys and removed objects REMOVED, and tombstone
-   their vectors. Shards see the new vectors and the deletes in the same manifest change.
+   segments restaged without them), mark them INDEXED (or FAILED with the reason) and write the
+   thumbnails of the INDEXED ones, add the segment manifest rows, mark older versions of the same
+   keys and removed objects REMOVED, tombstone their vectors and delete their thumbnails. Shards
+   see the new vectors and the deletes in the same manifest change; the thumbnails table holds
+   the live images only.
    Versions and removals of one key are ordered here, under a per-key lock, by their S3
    sequencers (or, where those cannot tell, by what the bucket holds): a version deleted after
    it was fetched is published REMOVED and tombstoned, never served (see
@@ -46,11 +48,13 @@ from mediasearch.metadata.images_repo import (
     Current,
     NewImage,
     Unindexed,
+    delete_thumbnails,
     lock_keys,
     lock_pending,
     mark_failed,
     mark_indexed,
     mark_removed,
+    put_thumbnails,
     remove_object,
     removed_since,
     reserve,
@@ -248,6 +252,7 @@ class Committer:
                 if it.image_id is not None and it.image_id not in stale
             ]
             mark_indexed(session, rows, model_version=self.model_version, when=now)
+            put_thumbnails(session, _thumbnails(records, stale))
             for it in live:
                 if it.vector is None and it.image_id is not None and it.image_id not in stale:
                     mark_failed(session, it.image_id, it.error or "unknown error")
@@ -265,6 +270,7 @@ class Committer:
                     by_shard[g.shard].append(g.image_id)
             for shard, ids in by_shard.items():
                 add_tombstones(session, ids, shard=shard)
+            delete_thumbnails(session, [g.image_id for g in gone])
         return stale
 
     def _current(self, ev: ObjectEvent) -> Current | None:
@@ -290,6 +296,16 @@ def _created(it: Item) -> datetime:
     """The object's time: its last-modified time, else the event's, else now."""
     modified = it.fetched.modified if it.fetched is not None else None
     return modified or it.event.time or datetime.now(UTC)
+
+
+def _thumbnails(records: list[tuple[SegmentRecord, list[Item]]], stale: set[int]) -> list[tuple[int, bytes]]:
+    """``(id, thumbnail)`` of the items published INDEXED (an item without one is indexed without)."""
+    return [
+        (it.image_id, it.thumbnail)
+        for _, members in records
+        for it in members
+        if it.image_id is not None and it.image_id not in stale and it.thumbnail is not None
+    ]
 
 
 def _new_image(it: Item) -> NewImage:

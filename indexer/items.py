@@ -26,6 +26,7 @@ class Item:
     fetched: StoredObject | None = None
     pixels: NDArray[np.uint8] | None = None  # the vision tower's input, once decoded
     encoded: bytes | None = None  # or the file itself, for an encoder that decodes on its server
+    thumbnail: bytes | None = None  # WebP, stored with the row when it is published INDEXED
     width: int | None = None
     height: int | None = None
     vector: NDArray[np.float32] | None = None

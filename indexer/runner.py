@@ -52,6 +52,7 @@ class PipelineOptions(FromSettings):
     decode_workers: int = 0  # 0: one per core (preprocess/pool.py)
     decode_pool: PoolKind = "process"
     decode_exact: bool = False
+    thumbnail_size: int = 256  # longest side of the stored thumbnails (0: none)
     stop_grace_s: float = 20.0  # after stop: finish what is held for this long, then release the rest
     encode_inflight: int = 2  # batches in the encoder at once (keeps Triton busy during transfers)
     heartbeat_s: float = 5.0  # how often in-flight deliveries are kept invisible (at most)
@@ -67,6 +68,7 @@ class PipelineOptions(FromSettings):
             decode_workers=settings.image_decode_workers,
             decode_pool=settings.image_decode_pool,
             decode_exact=settings.image_decode_exact,
+            thumbnail_size=settings.thumbnail_size,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_image_aspect=settings.max_image_aspect,
@@ -113,6 +115,7 @@ class Pipeline:
             workers=o.decode_workers,
             kind=o.decode_pool,
             exact=o.decode_exact,
+            thumbnail=o.thumbnail_size,
         )
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="indexer-commit")
         q_fetch: asyncio.Queue[Any] = asyncio.Queue(o.queue_items)
@@ -285,6 +288,7 @@ class Pipeline:
                 item.fetched = _without_data(fetched)
         item.error = prepared.error
         item.pixels = prepared.pixels
+        item.thumbnail = prepared.thumbnail
         if prepared.size is not None:
             item.width, item.height = prepared.size
 
@@ -301,6 +305,10 @@ class Pipeline:
             return False
         item.encoded, (item.width, item.height) = fetched.data, (probe.width, probe.height)
         item.fetched = _without_data(fetched)
+        try:  # the server decodes for the encoder; the thumbnail is made by the decode workers
+            item.thumbnail = await self._decode.thumbnail_of(item.encoded or b"")
+        except MediaSearchError as exc:  # its worker died: the image is indexed without one
+            log.debug("indexer: no thumbnail for %s: %s", item.uri, exc)
         return True
 
     def _get(self, ev: ObjectEvent) -> StoredObject:

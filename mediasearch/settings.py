@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Decode large images at full size as CLIP's reference does, instead of reduced "
         "(JPEG DCT scaling, then box reduction): 5x slower on 12 Mpx photos, within a few 1/255.",
     )
+    thumbnail_size: int = Field(
+        default=256,
+        ge=0,
+        le=512,
+        description="Indexer: longest side in pixels of the WebP thumbnail stored with each indexed image "
+        "(0: none). Made from the reduced decode, which holds at least 224 px on a side: up to 512 px.",
+    )
     triton_timeout_s: float = Field(
         default=30.0,
         gt=0,

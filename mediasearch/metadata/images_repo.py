@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from mediasearch.metadata.db import translated, utc
-from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED, ImageRow, RemovalRow
+from mediasearch.metadata.models import (
+    FAILED,
+    INDEXED,
+    PENDING,
+    REMOVED,
+    ImageRow,
+    RemovalRow,
+    ThumbnailRow,
+)
 from mediasearch.objects import sequencer_order
 
 
@@ -80,6 +88,18 @@ def get_images(
         return {row.id: ImageRecord.from_row(row) for row in db.execute(query)}
 
 
+def get_thumbnail(db: Session | Connection, image_id: int) -> bytes | None:
+    """The thumbnail of an INDEXED image (None: no such image, not indexed, or none was made)."""
+    query = (
+        select(ThumbnailRow.data)
+        .join(ImageRow, ImageRow.id == ThumbnailRow.image_id)
+        .where(ThumbnailRow.image_id == int(image_id), ImageRow.status == INDEXED)
+    )
+    with translated("reading a thumbnail"):
+        data = db.execute(query).scalar()
+    return bytes(data) if data is not None else None
+
+
 def reader(engine: Engine) -> Engine:
     """The query path's view of ``engine``: autocommit, so a lookup is one round trip (no BEGIN,
     no ROLLBACK when the connection goes back to the pool) and holds no snapshot open. Under a
@@ -93,6 +113,12 @@ def lookup(engine: Engine, ids: Iterable[int]) -> dict[int, ImageRecord]:
     """:func:`get_images` on a pooled connection of ``engine`` (use :func:`reader` for reads)."""
     with engine.connect() as connection:
         return get_images(connection, ids)
+
+
+def lookup_thumbnail(engine: Engine, image_id: int) -> bytes | None:
+    """:func:`get_thumbnail` on a pooled connection of ``engine``."""
+    with engine.connect() as connection:
+        return get_thumbnail(connection, image_id)
 
 
 # -- write side (the indexer) ------------------------------------------------------------------
@@ -253,6 +279,26 @@ def mark_indexed(
                     indexed=when,
                     error=None,
                 )
+            )
+
+
+def put_thumbnails(session: Session, thumbnails: Sequence[tuple[int, bytes]]) -> None:
+    """Thumbnails ``(image id, WebP bytes)`` of the rows the same transaction marks INDEXED."""
+    if not thumbnails:
+        return
+    with translated("writing thumbnails"):
+        session.execute(insert(ThumbnailRow), [{"image_id": i, "data": d} for i, d in thumbnails])
+
+
+def delete_thumbnails(session: Session, ids: Iterable[int]) -> None:
+    """Drop the thumbnails of rows the same transaction marks REMOVED (those without one: nothing)."""
+    wanted = sorted({int(i) for i in ids})
+    with translated("deleting thumbnails"):
+        for start in range(0, len(wanted), 1000):  # bounded statements, whatever the batch
+            chunk = wanted[start : start + 1000]
+            session.execute(
+                delete(ThumbnailRow).where(ThumbnailRow.image_id.in_(chunk)),
+                execution_options={"synchronize_session": False},
             )
 
 

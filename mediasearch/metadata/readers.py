@@ -12,7 +12,8 @@ latency path and its CPU is taken from the encoder on a shared machine. Two impl
   :func:`~mediasearch.metadata.images_repo.lookup` on an autocommit engine in a worker thread.
 
 Both return :class:`ImageRecord`, built by the same ``ImageRecord.from_row``, and keep only
-INDEXED rows. Unreachable databases raise :class:`Unavailable`.
+INDEXED rows; :meth:`ImageReader.thumbnail` reads an INDEXED image's thumbnail (one primary-key
+probe joined to its row). Unreachable databases raise :class:`Unavailable`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from mediasearch.errors import Unavailable
-from mediasearch.metadata.images_repo import ImageRecord, lookup, reader
-from mediasearch.metadata.models import INDEXED, ImageRow
+from mediasearch.metadata.images_repo import ImageRecord, lookup, lookup_thumbnail, reader
+from mediasearch.metadata.models import INDEXED, ImageRow, ThumbnailRow
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ _COLUMNS = ", ".join(f'"{c.name}"' for c in ImageRow.__table__.columns)
 # the planner pick ix_images_status on a freshly loaded table whose statistics are stale, which
 # reads the whole index (2 ms at 20k rows, measured) instead of ten primary-key probes.
 _BY_ID = f"SELECT {_COLUMNS} FROM {ImageRow.__tablename__} WHERE id = ANY(%s::bigint[])"
+_THUMBNAIL = (
+    f"SELECT t.data FROM {ThumbnailRow.__tablename__} t JOIN {ImageRow.__tablename__} i ON i.id = t.image_id"
+    f" WHERE t.image_id = %s::bigint AND i.status = '{INDEXED}'"
+)
 
 
 class ImageReader(abc.ABC):
@@ -47,6 +52,11 @@ class ImageReader(abc.ABC):
     @abc.abstractmethod
     async def get(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """The INDEXED rows among ``ids`` (others are simply absent), in one query."""
+
+    async def thumbnail(self, image_id: int) -> bytes | None:
+        """The WebP thumbnail of an INDEXED image; None when it is not indexed or has none (made
+        before thumbnails existed, or thumbnails are off). Readers without thumbnails have none."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release connections."""
@@ -63,6 +73,9 @@ class SqlImageReader(ImageReader):
         if not wanted:
             return {}
         return await asyncio.to_thread(lookup, self.engine, wanted)
+
+    async def thumbnail(self, image_id: int) -> bytes | None:
+        return await asyncio.to_thread(lookup_thumbnail, self.engine, int(image_id))
 
 
 class PgImageReader(ImageReader):
@@ -81,22 +94,27 @@ class PgImageReader(ImageReader):
         wanted = sorted({int(i) for i in ids})
         if not wanted:
             return {}
-        if self._closed:
-            raise Unavailable("the metadata reader is closed")
         async with self._slots:
-            rows = await self._read(wanted)
+            rows = await self._read(_BY_ID, wanted)
         records = (ImageRecord.from_row(row) for row in rows)
         return {r.image_id: r for r in records if r.status == INDEXED}
 
-    async def _read(self, wanted: list[int]) -> list[Any]:
+    async def thumbnail(self, image_id: int) -> bytes | None:
+        async with self._slots:
+            rows = await self._read(_THUMBNAIL, int(image_id))
+        return bytes(rows[0].data) if rows else None
+
+    async def _read(self, query: str, param: Any) -> list[Any]:
         """The rows, on an idle connection or a new one. A pooled connection that the server (a
         restart, a proxy's idle timeout) dropped while it sat idle fails with OperationalError:
         the read is idempotent, so it is tried once more on a new connection."""
+        if self._closed:
+            raise Unavailable("the metadata reader is closed")
         while True:
             pooled = bool(self._idle)
             connection = self._idle.pop() if pooled else await self._connect()
             try:
-                cursor = await connection.execute(_BY_ID, (wanted,), prepare=True)
+                cursor = await connection.execute(query, (param,), prepare=True)
                 rows = await cursor.fetchall()
             except BaseException as exc:
                 await connection.close()  # never reuse a connection in an unknown state

@@ -42,6 +42,10 @@ WebP): the vision tower's input differs from the exact path's by 0.48/255 on ave
 least 0.9997 with the micro CLIP and 0.99999 with the ViT-B/32-shaped one; a 12 Mpx phone JPEG
 prepares 4.8x faster (p50 44 ms against 208 ms, one core).
 
+Thumbnails (:mod:`mediasearch.preprocess.thumbnail`) are made from the decode the vision tower's
+input was made from (:func:`prepare_image_with_size`'s ``thumbnail``): on the reduced path from the
+reduced image over the original's extent, so they cost a resize and a WebP encode, not a decode.
+
 Time: decoding runs in worker threads that cannot be interrupted, so these bounds are what ends the
 work after a deadline. A refusal takes under 30 ms and 1 MB (the guards module has the details).
 The slowest accepted input is a 64 Mpx 16-bit RGBA PNG with Paeth filters: 1.6-2.5 s on these
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import struct
 import traceback
@@ -74,7 +79,10 @@ from mediasearch.preprocess._image_guards import (  # FORMATS, BYTES_PER_PIXEL: 
     check_memory,
     open_image,
 )
+from mediasearch.preprocess.thumbnail import encode_thumbnail
 from mediasearch.settings import FromSettings, Settings
+
+log = logging.getLogger(__name__)
 
 DRAFT_MIN = 1  # JPEG DCT scaling stops at the smallest scale whose short side is >= this x resize
 WINDOW_ASPECT = 20  # longer resized images are resized only in the crop's window
@@ -174,11 +182,26 @@ def prepare_image_with_size(
     max_pixels: int | None = None,
     max_aspect: float | None = None,
     exact: bool = False,
-) -> tuple[NDArray[np.uint8], tuple[int, int]]:
-    """:func:`prepare_image` and the image's upright (width, height) as stored (for the indexer)."""
+    thumbnail: int = 0,
+) -> tuple[NDArray[np.uint8], tuple[int, int], bytes | None]:
+    """:func:`prepare_image`, the image's upright (width, height) as stored, and (``thumbnail`` > 0)
+    its thumbnail of that longest side, made from the same decode (for the indexer; None when
+    ``thumbnail`` is 0 or the thumbnail could not be made)."""
     limits = _limits(max_bytes, max_pixels, max_aspect)
     with _bounded() as work:
-        return _prepare(data, spec, limits, work, exact)
+        return _prepare(data, spec, limits, work, exact, thumbnail)
+
+
+def decode_reduced(
+    data: bytes, limits: DecodeLimits, *, long_side: int
+) -> tuple[Image.Image, Box, tuple[int, int]]:
+    """Encoded bytes -> upright RGB, decoded reduced as :func:`prepare_image` does but keeping the
+    long side at least ``long_side`` (thumbnails); with the original's extent in its coordinates
+    (the box to resample) and the upright full size. Refuses what :func:`decode_image` refuses."""
+    with _bounded() as work, _translated_errors():
+        img = open_image(data, limits)
+        short, long = sorted(img.size)
+        return _reduced(img, limits, work, max(1, math.ceil(long_side * short / long)))
 
 
 def normalize(pixels: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]) -> NDArray[np.float32]:
@@ -201,28 +224,51 @@ def _decode(data: bytes, limits: DecodeLimits, work: _Work) -> Image.Image:
 
 
 def _prepare(
-    data: bytes, spec: ImageSpec, limits: DecodeLimits, work: _Work, exact: bool = False
-) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    data: bytes, spec: ImageSpec, limits: DecodeLimits, work: _Work, exact: bool = False, thumbnail: int = 0
+) -> tuple[NDArray[np.uint8], tuple[int, int], bytes | None]:
     with _translated_errors():
         img = open_image(data, limits)
-        size = img.size
-        if exact or min(size) < 4 * spec.resize:  # the exact path: as the reference does it
-            work.bytes = check_memory(img, limits, size)
+        box: Box | None = None
+        if exact or min(img.size) < 4 * spec.resize:  # the exact path: as the reference does it
+            work.bytes = check_memory(img, limits, img.size)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
-            return _resize_crop(_to_rgb(img), img.size, None, spec.resize, spec.crop), img.size
-        box = _draft(img, spec.resize)
-        work.bytes = check_memory(img, limits, size)
-        img.load()
-        method = _EXIF_TRANSPOSE.get(img.getexif().get(0x0112, 1))  # what exif_transpose would do
-        img = _reducible(img, spec.resize)
-        img, box = _reduce(img, box, spec.resize)
-        img = _to_rgb(img)
-        if method is not None:
-            box = _transpose_box(box, img.size, method)
-            img = img.transpose(method)
-            size = size if method in _KEEPS_AXES else (size[1], size[0])
-        return _resize_crop(img, size, box, spec.resize, spec.crop), size
+            size = img.size
+            img = _to_rgb(img)
+        else:
+            img, box, size = _reduced(img, limits, work, spec.resize)
+        pixels = _resize_crop(img, size, box, spec.resize, spec.crop)
+    return pixels, size, _thumbnail(img, box, size, thumbnail) if thumbnail else None
+
+
+def _reduced(
+    img: Image.Image, limits: DecodeLimits, work: _Work, resize: int
+) -> tuple[Image.Image, Box, tuple[int, int]]:
+    """Decode an opened image reduced for ``resize`` (JPEG DCT scaling, then box reduction) into
+    upright RGB. Returns it, the original's extent in its coordinates and the upright full size."""
+    size = img.size
+    box = _draft(img, resize)
+    work.bytes = check_memory(img, limits, size)
+    img.load()
+    method = _EXIF_TRANSPOSE.get(img.getexif().get(0x0112, 1))  # what exif_transpose would do
+    img = _reducible(img, resize)
+    img, box = _reduce(img, box, resize)
+    img = _to_rgb(img)
+    if method is not None:
+        box = _transpose_box(box, img.size, method)
+        img = img.transpose(method)
+        size = size if method in _KEEPS_AXES else (size[1], size[0])
+    return img, box, size
+
+
+def _thumbnail(img: Image.Image, box: Box | None, size: tuple[int, int], longest: int) -> bytes | None:
+    """The thumbnail of the image decoded for the vision tower; None (logged) when it cannot be
+    made: a thumbnail is a convenience, never a reason to fail the image."""
+    try:
+        return encode_thumbnail(img, longest, box=box, extent=size)
+    except Exception as exc:  # an encoder's failure on pixels that the vision path accepted
+        log.debug("no thumbnail for a %dx%d image: %r", size[0], size[1], exc)
+        return None
 
 
 def _limits(max_bytes: int | None, max_pixels: int | None, max_aspect: float | None) -> DecodeLimits:

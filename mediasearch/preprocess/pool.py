@@ -3,7 +3,9 @@
 A photo takes tens of milliseconds to decode even reduced, more than the encoder spends on it on a
 GPU, so the indexer decodes on every core: a pool of worker processes (``process``, the default),
 each preparing one image at a time with :func:`~mediasearch.preprocess.image.prepare_image_with_size`
-(the one preprocessing implementation, with its bounds). Threads (``thread``) share one interpreter:
+(the one preprocessing implementation, with its bounds), and its thumbnail from the same decode
+(:mod:`~mediasearch.preprocess.thumbnail`; for images an encoder decodes on its server,
+:meth:`DecodePool.thumbnail_of` makes only the thumbnail). Threads (``thread``) share one interpreter:
 Pillow releases the GIL while it decodes and resizes, but the conversions and checks between those
 calls hold it.
 
@@ -34,30 +36,35 @@ import math
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mediasearch.errors import MediaSearchError, Unavailable
 from mediasearch.preprocess.image import DecodeLimits, ImageSpec, prepare_image_with_size
+from mediasearch.preprocess.thumbnail import thumbnail_from_bytes
 
 log = logging.getLogger(__name__)
 
 PoolKind = Literal["process", "thread"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """One image's outcome: ``pixels`` and ``size`` (upright width, height), or ``error``."""
+    """One image's outcome: ``pixels`` and ``size`` (upright width, height), or ``error``; and its
+    ``thumbnail`` (WebP) when one was asked for and could be made."""
 
     pixels: NDArray[np.uint8] | None
     size: tuple[int, int] | None
     error: str | None = None
+    thumbnail: bytes | None = None
 
 
 def cores() -> int:
@@ -86,22 +93,32 @@ def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
-def prepare(data: bytes, spec: ImageSpec, limits: DecodeLimits, exact: bool) -> Prepared:
-    """The work of one image, in whichever worker runs it."""
+def prepare(data: bytes, spec: ImageSpec, limits: DecodeLimits, exact: bool, thumbnail: int = 0) -> Prepared:
+    """The work of one image, in whichever worker runs it (``thumbnail``: its longest side, 0: none)."""
     try:
-        pixels, size = prepare_image_with_size(
+        pixels, size, thumb = prepare_image_with_size(
             data,
             spec,
             max_bytes=limits.max_bytes,
             max_pixels=limits.max_pixels,
             max_aspect=limits.max_aspect,
             exact=exact,
+            thumbnail=thumbnail,
         )
     except MediaSearchError as exc:
         return Prepared(None, None, str(exc))
     except Exception as exc:  # untrusted bytes: whatever a decoder throws is about this image
         return Prepared(None, None, f"cannot decode image: {exc!r}")
-    return Prepared(pixels, size)
+    return Prepared(pixels, size, thumbnail=thumb)
+
+
+def thumbnail_or_none(data: bytes, limits: DecodeLimits, size: int) -> bytes | None:
+    """The thumbnail of encoded bytes, in a worker; None (logged) when it cannot be made."""
+    try:
+        return thumbnail_from_bytes(data, limits, size)
+    except Exception as exc:  # untrusted bytes; a thumbnail never fails the image
+        log.debug("no thumbnail: %r", exc)
+        return None
 
 
 _PR_SET_PDEATHSIG = 1
@@ -127,12 +144,14 @@ class DecodePool:
         workers: int = 0,
         kind: PoolKind = "process",
         exact: bool = False,
+        thumbnail: int = 0,
     ) -> None:
         self.spec = spec
         self.limits = limits
         self.workers = workers or cores()
         self.kind = kind
         self.exact = exact
+        self.thumbnail = thumbnail  # longest side of the thumbnails made with the pixels; 0: none
         self._executor: Executor | None = None
         self._prepared = 0  # images prepared: workers that once worked are not a setup problem
         self._slots = asyncio.Semaphore(2 * self.workers)  # decoding + waiting, encoded, in the queue
@@ -157,14 +176,23 @@ class DecodePool:
         self.kind = "thread"
 
     async def prepare(self, data: bytes) -> Prepared:
-        """The image's pixels and size, or why it cannot be used; Unavailable if its worker died."""
+        """The image's pixels and size (and thumbnail), or why it cannot be used; Unavailable if its
+        worker died."""
+        return await self._run(prepare, data, self.spec, self.limits, self.exact, self.thumbnail)
+
+    async def thumbnail_of(self, data: bytes) -> bytes | None:
+        """Only the thumbnail of encoded bytes (for an image the encoder decodes on its server);
+        None when thumbnails are off or it cannot be made. Unavailable if its worker died."""
+        if not self.thumbnail:
+            return None
+        return await self._run(thumbnail_or_none, data, self.limits, self.thumbnail)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._slots:
             executor = self._start()
             loop = asyncio.get_running_loop()
             try:
-                result = await loop.run_in_executor(
-                    executor, prepare, data, self.spec, self.limits, self.exact
-                )
+                result = await loop.run_in_executor(executor, fn, *args)
             except BrokenProcessPool as exc:
                 self._restart(executor)
                 if self._prepared:
@@ -172,9 +200,7 @@ class DecodePool:
                 # no worker ever prepared an image here: they cannot run (not this image's fault)
                 self._fall_back(f"decode processes died before preparing any image ({exc})")
                 executor = self._start()
-                result = await loop.run_in_executor(
-                    executor, prepare, data, self.spec, self.limits, self.exact
-                )
+                result = await loop.run_in_executor(executor, fn, *args)
             self._prepared += 1
             return result
 

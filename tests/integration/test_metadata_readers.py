@@ -11,11 +11,21 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, select
 
 from mediasearch.errors import Unavailable
 from mediasearch.metadata.db import make_engine, migrate, session_factory
-from mediasearch.metadata.images_repo import NewImage, get_images, mark_failed, mark_indexed, reserve
+from mediasearch.metadata.images_repo import (
+    NewImage,
+    delete_thumbnails,
+    get_images,
+    get_thumbnail,
+    mark_failed,
+    mark_indexed,
+    put_thumbnails,
+    reserve,
+)
+from mediasearch.metadata.models import ImageRow, ThumbnailRow
 from mediasearch.metadata.readers import PgImageReader, SqlImageReader, open_image_reader
 
 WHEN = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
@@ -65,6 +75,39 @@ def test_the_reader_returns_what_get_images_returns_indexed_rows_only(engine: En
     assert (record.bucket, record.key, record.width, record.height) == ("photos", "k1.jpg", 64, 48)
     assert record.created == WHEN and record.created.tzinfo is not None
     assert record.model_version == "m1" and record.shard == indexed[1] % 2
+
+
+def test_a_thumbnail_is_read_only_for_an_indexed_image_and_deleted_with_its_row(engine: Engine) -> None:
+    indexed, failed, pending = _rows(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:  # rows the indexer would never give one: the status decides
+        put_thumbnails(session, [(i, b"webp-%d" % i) for i in [*indexed[:2], failed, pending]])
+
+    async def read(ids: list[int]) -> list[bytes | None]:
+        reader = open_image_reader(engine)
+        try:
+            return [await reader.thumbnail(i) for i in ids]
+        finally:
+            await reader.close()
+
+    ids = [*indexed[:3], failed, pending, 10**12]
+    assert asyncio.run(read(ids)) == [
+        b"webp-%d" % indexed[0],
+        b"webp-%d" % indexed[1],
+        None,
+        None,
+        None,
+        None,
+    ]
+    with sessions() as session:
+        assert get_thumbnail(session, indexed[0]) == b"webp-%d" % indexed[0]
+    with sessions.begin() as session:
+        delete_thumbnails(session, [indexed[0], indexed[2]])  # one without a thumbnail: nothing
+    assert asyncio.run(read(indexed[:2])) == [None, b"webp-%d" % indexed[1]]
+    with engine.begin() as connection:  # a deleted images row takes its thumbnail (ON DELETE CASCADE)
+        connection.execute(delete(ImageRow).where(ImageRow.id == indexed[1]))
+        left = set(connection.scalars(select(ThumbnailRow.image_id)))
+    assert left == {failed, pending}
 
 
 def test_an_unreachable_postgresql_is_unavailable() -> None:

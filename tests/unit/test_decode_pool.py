@@ -4,6 +4,7 @@ only the images it held, the pool's size follows the cores a container may use."
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mediasearch.dev.photo_corpus import generate
 from mediasearch.errors import Unavailable
 from mediasearch.preprocess.image import DecodeLimits, ImageSpec, prepare_image_with_size
-from mediasearch.preprocess.pool import DecodePool, PoolKind, _cgroup_quota
+from mediasearch.preprocess.pool import DecodePool, PoolKind, Prepared, _cgroup_quota
 
 SPEC = ImageSpec(224, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 LIMITS = DecodeLimits(50 << 20, 64_000_000, 500.0)
@@ -37,10 +39,42 @@ def test_workers_prepare_exactly_what_a_direct_call_prepares_and_report_bad_imag
 
     results = asyncio.run(run())
     for data, got in zip(images[:-1], results[:-1], strict=True):
-        pixels, size = prepare_image_with_size(data, SPEC)
+        pixels, size, _ = prepare_image_with_size(data, SPEC)
         assert got.error is None and got.size == size
         assert got.pixels is not None and np.array_equal(got.pixels, pixels)
     assert results[-1].pixels is None and "not an image" in (results[-1].error or "")
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_workers_asked_for_thumbnails_return_them_with_the_same_pixels(
+    images: list[bytes], kind: PoolKind
+) -> None:
+    async def run() -> tuple[list[Prepared], list[bytes | None]]:
+        async with DecodePool(SPEC, LIMITS, workers=2, kind=kind, thumbnail=128) as pool:
+            prepared = await asyncio.gather(*(pool.prepare(d) for d in images))
+            alone = await asyncio.gather(*(pool.thumbnail_of(d) for d in images))
+            return list(prepared), list(alone)
+
+    prepared, alone = asyncio.run(run())
+    for data, got, only in zip(images[:-1], prepared[:-1], alone[:-1], strict=True):
+        pixels, size, thumb = prepare_image_with_size(data, SPEC, thumbnail=128)
+        assert got.pixels is not None and np.array_equal(got.pixels, pixels) and got.size == size
+        assert got.thumbnail == thumb and thumb is not None
+        assert max(Image.open(io.BytesIO(thumb)).size) == min(128, max(size))
+        assert only is not None and Image.open(io.BytesIO(only)).size == Image.open(io.BytesIO(thumb)).size
+    assert prepared[-1].thumbnail is None and prepared[-1].error  # a bad image: no thumbnail either
+    assert alone[-1] is None
+
+
+def test_a_pool_without_thumbnails_makes_none() -> None:
+    data = generate(1, "small")[0]
+
+    async def run() -> tuple[Prepared, bytes | None]:
+        async with DecodePool(SPEC, LIMITS, workers=1, kind="thread") as pool:
+            return await pool.prepare(data), await pool.thumbnail_of(data)
+
+    got, alone = asyncio.run(run())
+    assert got.pixels is not None and got.thumbnail is None and alone is None
 
 
 def test_a_phone_photo_stored_sideways_comes_out_upright_on_both_paths() -> None:

@@ -23,7 +23,7 @@ from mediasearch.indexer.items import Item
 from mediasearch.indexer.progress import ProgressBar
 from mediasearch.indexer.service import run_pipeline
 from mediasearch.indexer.source import Delivery, MemorySource
-from mediasearch.metadata.images_repo import NewImage, reserve
+from mediasearch.metadata.images_repo import NewImage, get_thumbnail, reserve
 from mediasearch.metadata.models import FAILED, INDEXED, PENDING, REMOVED
 from mediasearch.objects import FolderObjects
 from mediasearch.settings import Settings
@@ -357,6 +357,12 @@ def test_with_an_encoder_that_decodes_on_its_server_the_indexer_sends_the_files_
     }  # fmt: skip
     assert "corrupt" in (by_key["bad.jpg"].error or "")
     assert (by_key["a.jpg"].width, by_key["alpha.png"].width, by_key["alpha.png"].height) == (64, 40, 30)
+    # thumbnails: made by the decode workers from the files sent to the server, and with the pixels
+    with sessions_for(settings.database_url)() as session:
+        thumbs = {k: get_thumbnail(session, r.id) for k, r in by_key.items()}
+    assert thumbs["bad.jpg"] is None  # refused by the server: failed, so no thumbnail is kept
+    sizes = {k: Image.open(io.BytesIO(t)).size for k, t in thumbs.items() if t is not None}
+    assert sizes == {"a.jpg": (64, 64), "b.jpg": (64, 64), "alpha.png": (40, 30)}  # never upscaled
 
 
 def test_a_file_deleted_then_written_again_with_the_same_bytes_is_indexed_again(
