@@ -26,7 +26,10 @@ from mediasearch._proto.mediasearch.v1 import search_pb2
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.errors import CorruptData, MediaSearchError, NotFound
+from mediasearch.gateway.api import SearchApi
 from mediasearch.gateway.auth import Authorizer, KeyCache, RateLimiter
+from mediasearch.gateway.http_api import HttpContext, HttpServer, build_app
+from mediasearch.gateway.links import ImageLinks
 from mediasearch.gateway.locator import ImageLocator
 from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import QueryLimits, SearchEngine
@@ -35,6 +38,7 @@ from mediasearch.gateway.security import GatewaySecurity
 from mediasearch.metadata.db import make_engine, migrate, session_factory
 from mediasearch.metadata.images_repo import count_by_status
 from mediasearch.metadata.readers import open_image_reader
+from mediasearch.preprocess.image import DecodeLimits
 from mediasearch.settings import Settings
 from mediasearch.vector_index.follower import GenerationFollower, ManifestFollower
 from mediasearch.vector_index.router import Router, make_router
@@ -58,9 +62,12 @@ class Gateway:
     shards: list[Shard] = field(default_factory=list)  # in-process ones (embedded mode)
     search: SearchEngine | None = None
     keys: KeyCache | None = None  # API keys (auth required)
+    http: HttpServer | None = None  # HTTP/JSON API and the search page (unless its port is -1)
     stopped: bool = False
+    draining: bool = False
     port: int = 0
     metrics_port: int = 0
+    http_port: int = 0
 
     @property
     def mode(self) -> str:
@@ -70,13 +77,25 @@ class Gateway:
     def address(self) -> str:
         return f"{self.settings.gateway_host}:{self.port}"
 
+    @property
+    def page_url(self) -> str:
+        """The search page (and the HTTP/JSON API under it); empty when HTTP is off."""
+        if self.http is None:
+            return ""
+        host = self.settings.gateway_host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.settings.gateway_tls_cert else "http"
+        return f"{scheme}://{host}:{self.http_port}/"
+
     async def stop(self, *, delay_s: float = 0.0, grace_s: float = 2.0) -> None:
         """Not ready for ``delay_s`` while still serving, then refuse new calls and give those in
         flight ``grace_s``, then release everything. Once only: later calls do nothing."""
         if self.stopped:
             return
-        self.stopped = True
+        self.stopped = self.draining = True
         await self.server.drain(delay_s)
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace_s)
         if self.keys is not None:
             await self.keys.close()
@@ -111,9 +130,14 @@ class Gateway:
 
 
 async def start_gateway(
-    settings: Settings, *, port: int | None = None, metrics_port: int | None = None
+    settings: Settings,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    http_port: int | None = None,
 ) -> Gateway:
-    """Build and start the gateway described by ``settings`` (ports may be overridden; 0 = free)."""
+    """Build and start the gateway described by ``settings`` (ports may be overridden; 0 = free;
+    ``http_port`` -1: no HTTP)."""
     # The router probes the quantizer on the event loop: one OpenMP thread, so a coalesced batch's
     # probe never spins up a second core that the encoder (or a co-located Triton) needs.
     faiss.omp_set_num_threads(1)
@@ -168,9 +192,12 @@ async def start_gateway(
         gateway.keys = KeyCache(sessions, settings.gateway_keys_refresh_s)
         limiter = RateLimiter(settings.gateway_rate_rps, settings.gateway_rate_burst)
         authorizer = Authorizer(gateway.keys, limiter)
+    links = ImageLinks(
+        settings.token_secrets(), settings.gateway_url_expiry_s, settings.gateway_http_public_url
+    )
+    api = SearchApi(search, gateway.stats, metrics, links)
     gateway.server = SearchServer(
-        search,
-        gateway.stats,
+        api,
         metrics,
         host=settings.gateway_host,
         port=settings.gateway_port if port is None else port,
@@ -179,6 +206,28 @@ async def start_gateway(
         reflection=settings.gateway_reflection,
         max_message_bytes=settings.max_image_bytes + (64 << 10),
     )
+    wanted_http = settings.gateway_http_port if http_port is None else http_port
+    if wanted_http >= 0:
+        context = HttpContext(
+            api=api,
+            links=links,
+            limits=DecodeLimits.from_settings(settings),
+            thumbnail_size=settings.thumbnail_size or 256,
+            authorize=authorizer.authorize if authorizer is not None else None,
+            observe=metrics.observe_call,
+            serving=lambda: not gateway.draining,
+            max_image_bytes=settings.max_image_bytes,
+            thumbnails=asyncio.Semaphore(4),
+        )
+        tls = None
+        if settings.gateway_tls_cert is not None and settings.gateway_tls_key is not None:
+            tls = (settings.gateway_tls_cert, settings.gateway_tls_key, settings.gateway_tls_client_ca)
+        gateway.http = HttpServer(
+            build_app(context, auth=security.auth_required),
+            host=settings.gateway_host,
+            port=wanted_http,
+            ssl_context=tls,
+        )
     try:
         if gateway.keys is not None:
             await gateway.keys.start()
@@ -187,6 +236,8 @@ async def start_gateway(
         for each in followers:
             each.start()
         gateway.port = await gateway.server.start()
+        if gateway.http is not None:
+            gateway.http_port = await gateway.http.start()
         wanted_metrics = settings.gateway_metrics_port if metrics_port is None else metrics_port
         if wanted_metrics or metrics_port == 0:
             gateway.metrics_port = metrics.serve(settings.gateway_host, wanted_metrics)
@@ -194,9 +245,10 @@ async def start_gateway(
         await gateway.stop()
         raise
     log.info(
-        "gateway (%s) on %s, metrics on :%d, model %s, API keys %s, %s",
+        "gateway (%s) on %s, HTTP on :%d, metrics on :%d, model %s, API keys %s, %s",
         gateway.mode,
         gateway.address,
+        gateway.http_port,
         gateway.metrics_port,
         encoder.model_version,
         "required" if security.auth_required else "off",
@@ -212,21 +264,22 @@ def serve_gateway(
     *,
     port: int | None = None,
     metrics_port: int | None = None,
+    http_port: int | None = None,
     port_file: Path | None = None,
     on_ready: Callable[[Gateway], None] | None = None,
 ) -> None:
     """``mediasearch serve``: run the gateway until SIGTERM or SIGINT, then stop it cleanly. Once it
-    serves, the ports go to ``port_file`` ("GRPC METRICS") and ``on_ready(gateway)`` is called."""
+    serves, the ports go to ``port_file`` ("GRPC METRICS HTTP") and ``on_ready(gateway)`` is called."""
 
     async def serve() -> None:
-        gateway = await start_gateway(settings, port=port, metrics_port=metrics_port)
+        gateway = await start_gateway(settings, port=port, metrics_port=metrics_port, http_port=http_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             if port_file is not None:
-                port_file.write_text(f"{gateway.port} {gateway.metrics_port}")
+                port_file.write_text(f"{gateway.port} {gateway.metrics_port} {gateway.http_port}")
             if on_ready is not None:
                 on_ready(gateway)
             await stop.wait()
@@ -242,8 +295,8 @@ class BackgroundGateway:
     """A gateway on its own event loop in a background thread, for synchronous callers (the demo):
     ``start()``, the searches, ``stop()``."""
 
-    def __init__(self, settings: Settings, port: int | None = None) -> None:
-        self.settings, self.port = settings, port
+    def __init__(self, settings: Settings, port: int | None = None, http_port: int | None = None) -> None:
+        self.settings, self.port, self.http_port = settings, port, http_port
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
         self._gateway: Gateway | None = None
@@ -254,9 +307,16 @@ class BackgroundGateway:
         assert self._gateway is not None, "start() first"
         return self._gateway.address
 
+    @property
+    def page_url(self) -> str:
+        assert self._gateway is not None, "start() first"
+        return self._gateway.page_url
+
     def start(self, timeout_s: float = 120.0) -> None:
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(start_gateway(self.settings, port=self.port), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            start_gateway(self.settings, port=self.port, http_port=self.http_port), self.loop
+        )
         self._gateway = future.result(timeout=timeout_s)
 
     def wait(self) -> None:

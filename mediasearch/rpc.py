@@ -6,7 +6,9 @@ answers with the matching status; anything else is logged with context and answe
 without leaking internals. Both use the one table below. The async one also gives every request an
 id (the caller's ``x-request-id`` metadata, or a new one), logs with it, returns it as trailing
 metadata and reports each call's status and duration to an observer (metrics).
-Clients call :func:`from_rpc_error` where a grpc error enters.
+Clients call :func:`from_rpc_error` where a grpc error enters. The HTTP/JSON API answers with
+:func:`http_status_for`: the same table, then the canonical gRPC -> HTTP mapping of
+``google/rpc/code.proto``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,30 @@ _FROM_STATUS: dict[grpc.StatusCode, type[errors.MediaSearchError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
 }
+
+
+# google/rpc/code.proto's HTTP mapping of each code
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    """The HTTP status of a gRPC code (500 for INTERNAL, UNKNOWN, DATA_LOSS)."""
+    return HTTP_STATUS.get(code, 500)
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

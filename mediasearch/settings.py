@@ -150,6 +150,17 @@ class Settings(BaseSettings):
     gateway_metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus /metrics HTTP port of the gateway (0: off)."
     )
+    gateway_http_port: int = Field(
+        default=8080,
+        ge=-1,
+        le=65535,
+        description="HTTP/JSON API and search page port of the gateway (0: a free one; -1: off).",
+    )
+    gateway_http_public_url: str = Field(
+        default="",
+        description="The HTTP port's address as clients reach it (https://search.example.com): makes "
+        "thumbnail links absolute. Empty: links are paths on the HTTP port.",
+    )
     gateway_max_top_k: int = Field(default=100, gt=0, le=1000, description="Largest top_k a caller may ask.")
     gateway_max_query_chars: int = Field(default=1000, gt=0, description="Longer query texts are refused.")
     gateway_deadline_s: float = Field(

@@ -53,7 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=7, help="seed of the drawn scenes (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=5, help="results per example query (default: %(default)s)")
     p.add_argument("--query", action="append", help="run this query instead of the examples (repeatable)")
-    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument("--port", type=int, default=0, help="gateway gRPC port (default: a free one)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="search page and HTTP/JSON API port (default: 8080 with --serve, a free one when that is "
+        "taken or without --serve)",
+    )
     p.add_argument("--serve", action="store_true", help="keep serving after the examples, until Ctrl-C")
     p.set_defaults(func=run)
 
@@ -65,7 +72,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from mediasearch.errors import ConfigError, NotFound
     from mediasearch.export import export_model
-    from mediasearch.gateway.app import BackgroundGateway
 
     if not args.verbose and settings.log_level == "INFO":  # the default: the tables say it better
         logging.getLogger().setLevel(logging.WARNING)
@@ -87,15 +93,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = _settings(settings, args, out, gallery)
     _index(console, settings, gallery)
     labels = _labels(gallery)
-    server = BackgroundGateway(settings, args.port)
-    server.start()
+    server = _start_gateway(settings, args)
     try:
-        console.print(f"[bold]search gateway[/] (embedded) listening on {server.address}")
+        console.print(
+            f"[bold]search gateway[/] (embedded) listening on {server.address} (gRPC) and {server.page_url}"
+        )
         _examples(console, server.address, args.query or list(QUERIES), args.top_k, labels, out / "sheets")
         if args.serve:
             console.print(
-                f'serving on {server.address}: mediasearch query --address {server.address} "two red circles"'
-                " · Ctrl-C stops"
+                f"[bold]search page[/]: open {server.page_url} in a browser\n"
+                f'gRPC: mediasearch query --address {server.address} "two red circles" · Ctrl-C stops'
             )
             server.wait()
     except KeyboardInterrupt:
@@ -104,6 +111,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         server.stop()
         console.print("gateway stopped")
     return 0
+
+
+def _start_gateway(settings: Settings, args: argparse.Namespace) -> Any:
+    """The embedded gateway; with ``--serve`` its page on 8080 unless that port is taken."""
+    from mediasearch.gateway.app import BackgroundGateway
+
+    wanted = args.http_port if args.http_port is not None else (8080 if args.serve else 0)
+    try:
+        server = BackgroundGateway(settings, args.port, http_port=wanted)
+        server.start()
+    except OSError:
+        if args.http_port is not None:
+            raise
+        server = BackgroundGateway(settings, args.port, http_port=0)  # 8080 is taken: any free port
+        server.start()
+    return server
 
 
 def _default_model(out: Path) -> Path:

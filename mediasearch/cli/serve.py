@@ -1,4 +1,5 @@
-"""``mediasearch serve``: the search gateway (gRPC SearchService + Prometheus metrics)."""
+"""``mediasearch serve``: the search gateway (gRPC SearchService, HTTP/JSON and the search page,
+Prometheus metrics)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from mediasearch.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve the gRPC search API (cluster or embedded, by settings)",
+        help="serve the search API over gRPC and HTTP/JSON, and the search page (cluster or embedded)",
         description=(
             "Serve SearchText, SearchImage, GetImage and Stats over gRPC, with health (reflection: "
-            "MEDIASEARCH_GATEWAY_REFLECTION), and Prometheus metrics over HTTP. API keys are required "
-            "in cluster mode (mediasearch keys create; MEDIASEARCH_GATEWAY_AUTH), TLS from "
-            "MEDIASEARCH_GATEWAY_TLS_CERT/KEY (docs/security.md). Cluster mode when "
+            "MEDIASEARCH_GATEWAY_REFLECTION), the same API as HTTP/JSON beside the search page "
+            "(MEDIASEARCH_GATEWAY_HTTP_PORT, docs/http-api.md), and Prometheus metrics over HTTP. "
+            "API keys are required in cluster mode (mediasearch keys create; MEDIASEARCH_GATEWAY_AUTH), "
+            "TLS from MEDIASEARCH_GATEWAY_TLS_CERT/KEY (docs/security.md). Cluster mode when "
             "MEDIASEARCH_SHARD_ADDRESSES is set "
             "(shard servers, MEDIASEARCH_ENCODER=triton, PostgreSQL); otherwise embedded (in-process "
             "shards over the manifest in MEDIASEARCH_DATABASE_URL, the local encoder). Stops cleanly "
@@ -30,7 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="Prometheus port; 0 picks a free one (MEDIASEARCH_GATEWAY_METRICS_PORT)",
     )
-    p.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="HTTP/JSON API and search page port; 0 picks a free one, -1 turns it off "
+        "(MEDIASEARCH_GATEWAY_HTTP_PORT)",
+    )
+    p.add_argument(
+        "--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT HTTP_PORT' here once serving"
+    )
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -50,13 +60,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(logging.getLevelNamesMapping()[level], json_lines=settings.gateway_log_json)
 
     def ready(gateway: Gateway) -> None:
+        page = f", search page and HTTP/JSON API on {gateway.page_url}" if gateway.page_url else ""
         print(
-            f"search gateway ({gateway.mode}) on {gateway.address}, metrics on "
+            f"search gateway ({gateway.mode}) on {gateway.address}{page}, metrics on "
             f"http://{settings.gateway_host}:{gateway.metrics_port}/metrics; Ctrl-C stops",
             flush=True,
         )
 
     serve_gateway(
-        settings, port=args.port, metrics_port=args.metrics_port, port_file=args.port_file, on_ready=ready
+        settings,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        http_port=args.http_port,
+        port_file=args.port_file,
+        on_ready=ready,
     )
     return 0

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         key = f" --api-key {info['api_key']}" if info.get("api_key") else ""
         print(
             f"cluster up: gateway {info['gateway']} · metrics {info['metrics']} · triton {info['triton']}\n"
+            f"  search page and HTTP/JSON API: {info['page']}\n"
             f"  put images into s3://{info['bucket']} at {info['s3_endpoint']} (AWS keys: testing/testing);"
             f" logs in {info['logs']}/\n"
             f'  try: mediasearch query "two red circles"{key} --sheet results.png\n'

@@ -112,8 +112,8 @@ class DevCluster:
                 self._spawn("indexer", mediasearch_command("indexer", metrics_port=indexer_metrics_port), env)
             if o.compactor:  # merges the indexer's small per-batch segments as they accumulate
                 self._spawn("compactor", mediasearch_command("compact", every=f"{o.compact_every_s:g}"), env)
-            for name, (port, metrics_port) in gateways.items():
-                argv = mediasearch_command("serve", port=port, metrics_port=metrics_port)
+            for name, (port, metrics_port, http_port) in gateways.items():
+                argv = mediasearch_command("serve", port=port, metrics_port=metrics_port, http_port=http_port)
                 self._spawn(name, argv, env)
                 self.ports[name] = port
             for name, port in self.ports.items():
@@ -124,7 +124,9 @@ class DevCluster:
         first = next(iter(gateways.values()), None)
         self.info = {
             "gateway": f"127.0.0.1:{first[0]}" if first else None,
-            "gateways": [f"127.0.0.1:{port}" for port, _ in gateways.values()],
+            "gateways": [f"127.0.0.1:{port}" for port, _, _ in gateways.values()],
+            "page": f"http://127.0.0.1:{first[2]}/" if first else None,
+            "http_gateways": [f"http://127.0.0.1:{http}" for _, _, http in gateways.values()],
             "metrics": f"http://127.0.0.1:{first[1]}/metrics" if first else None,
             "indexer_metrics": f"http://127.0.0.1:{indexer_metrics_port}/metrics" if o.indexer else None,
             "shards": shard_addresses(shards, o.num_shards),
@@ -141,27 +143,32 @@ class DevCluster:
         self.write_info()
         return self.info
 
-    def _ports(self) -> tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]:
-        """moto's, the indexer's metrics, ``{gateway: (grpc, metrics)}`` and ``{shard server:
+    def _ports(self) -> tuple[int, int, dict[str, tuple[int, int, int]], dict[str, int]]:
+        """moto's, the indexer's metrics, ``{gateway: (grpc, metrics, http)}`` and ``{shard server:
         port}``. Without ``free_ports``: the settings' ports; a further gateway replica j takes
-        gateway port + j and metrics port + 10 j, shard i's replica j the shard port + i + 100 j."""
+        gateway port + j, metrics port + 10 j and HTTP port + j, shard i's replica j the shard port
+        + i + 100 j."""
         o, s = self.options, self.settings
         gateways = [gateway_name(j) for j in range(o.gateways if o.gateway else 0)]
         shards = [shard_name(i, j) for j in range(o.replicas) for i in range(o.num_shards)]
         if o.free_ports:
-            moto, indexer, *rest = free_ports(2 + 2 * len(gateways) + len(shards))
-            pairs = list(zip(rest[0 : 2 * len(gateways) : 2], rest[1 : 2 * len(gateways) : 2], strict=True))
-            shard_ports = rest[2 * len(gateways) :]
+            n = len(gateways)
+            moto, indexer, *rest = free_ports(2 + 3 * n + len(shards))
+            triples = list(zip(rest[0 : 3 * n : 3], rest[1 : 3 * n : 3], rest[2 : 3 * n : 3], strict=True))
+            shard_ports = rest[3 * n :]
         else:
             moto, indexer = o.moto_port, o.indexer_metrics_port
-            pairs = [(s.gateway_port + j, s.gateway_metrics_port + 10 * j) for j in range(len(gateways))]
+            triples = [
+                (s.gateway_port + j, s.gateway_metrics_port + 10 * j, s.gateway_http_port + j)
+                for j in range(len(gateways))
+            ]
             shard_ports = [
                 o.shard_base_port + i + 100 * j for j in range(o.replicas) for i in range(o.num_shards)
             ]
         return (
             moto,
             indexer,
-            dict(zip(gateways, pairs, strict=True)),
+            dict(zip(gateways, triples, strict=True)),
             dict(zip(shards, shard_ports, strict=True)),
         )
 

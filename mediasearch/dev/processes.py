@@ -180,6 +180,7 @@ class Child:
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0
+        self.http_port = 0  # a gateway's HTTP port, once it serves (start_gateway)
         self.restarts = 0
 
     # -- state -----------------------------------------------------------------------------------
@@ -347,13 +348,14 @@ def start_gateway(
     name: str, env: Mapping[str, str], folder: Path, timeout_s: float = 120.0
 ) -> tuple[Child, int, int]:
     """``mediasearch serve`` on free ports with ``env``; its log is ``folder/<name>.log``. Returns
-    the child once it serves, its gRPC port and its metrics port (the caller stops the child)."""
+    the child once it serves, its gRPC port and its metrics port (the caller stops the child); its
+    HTTP port (API and page) is ``child.http_port``."""
     port_file = folder / f"{name}.port"
     port_file.unlink(missing_ok=True)
-    argv = mediasearch_command("serve", port=0, metrics_port=0, port_file=port_file)
+    argv = mediasearch_command("serve", port=0, metrics_port=0, http_port=0, port_file=port_file)
     child = Child(name, argv, env=env, log_path=folder / f"{name}.log").start()
     try:
-        port, metrics_port = child.wait_port_file(port_file, timeout_s)
+        port, metrics_port, child.http_port = child.wait_port_file(port_file, timeout_s)
     except BaseException:
         child.stop()
         raise

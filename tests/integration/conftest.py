@@ -9,6 +9,7 @@ import pytest
 
 from mediasearch.dev.emulated_aws import ENV, moto_server
 from mediasearch.dev.triton import LocalTriton, TritonOptions
+from tests.support.gateway_stack import stack  # noqa: F401 - the gateway tests' cluster (module scope)
 
 
 @pytest.fixture(scope="session")
