@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit bench-http
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-query: $(STAMP) proto  ## query path: 200k vectors, ViT-B/32 text tower on
 
 bench-index: $(STAMP) proto  ## vector index: 1M x 512, 4 shard servers over gRPC vs numpy, hnswlib, pgvector
 	$(BIN)/python -m bench.index $(ARGS)
+
+bench-http: $(STAMP) proto  ## HTTP/JSON vs gRPC on the same gateway (SearchText, GetImage) and the page's time to first results (chromium)
+	$(BIN)/python -m bench.http $(ARGS)
 
 triton: $(STAMP)  ## serve OUT's models with a local tritonserver (CPU flavour, loopback ports) until Ctrl-C
 	$(BIN)/mediasearch triton --repository $(OUT) --name $(NAME)

@@ -232,3 +232,18 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(s
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and time.monotonic() - started < 300
+
+
+def test_a_keep_alive_connection_is_not_held_up_by_delayed_acks(stack: Stack) -> None:
+    """Responses are written as headers then body: without TCP_NODELAY on the accepted sockets each
+    request after a connection's first waited out the client's delayed ACK (40 ms on Linux)."""
+    host, port = stack.http.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=20)
+    took = []
+    for _ in range(7):
+        started = time.perf_counter()
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b'{"status":"SERVING"}'
+        took.append(time.perf_counter() - started)
+    connection.close()
+    assert sorted(took)[3] < 0.03, took
