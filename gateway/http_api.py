@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from mediasearch.gateway.openapi import openapi_document
 from mediasearch.preprocess.image import DecodeLimits
 from mediasearch.requestlog import new_request_id, request_id
 from mediasearch.rpc import REQUEST_ID_KEY, Authorize, Observer, http_status_for, status_for
+from mediasearch.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -398,12 +398,6 @@ class HttpServer:
         sock.bind((self.host, self.port))
         sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
-        options: dict[str, Any] = {}
-        if self.tls is not None:
-            cert, key, client_ca = self.tls
-            options = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-            if client_ca is not None:
-                options |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             self.app,
             lifespan="off",
@@ -412,8 +406,10 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=5,
             http="httptools",
-            **options,
         )
+        config.load()
+        if self.tls is not None:  # the gRPC port's certificate, renewed the same way
+            config.ssl = server_ssl_context(*self.tls)
         self._server = _Server(config)
         self._socket = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http server")

@@ -5,12 +5,14 @@ handshake, and :class:`_Reloader` answers with a new one when the files changed 
 size), so a renewed certificate (cert-manager rewrites the Secret's files in place) is served
 without a restart; connections already open keep the certificate they started with. A renewal
 that leaves the pair unreadable or mismatched is logged and the previous certificate stays.
-With a client CA, callers must present a certificate it signed (mTLS).
+With a client CA, callers must present a certificate it signed (mTLS). The gateway's HTTP server
+gets the same from :func:`server_ssl_context`.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from pathlib import Path
 
@@ -70,6 +72,42 @@ class _Reloader:
             self._stamp = stamp
             log.info("TLS certificate reloaded from %s", self.paths[0])
             return config
+
+
+class _SslReloader(_Reloader):
+    """The same files and rule for an :class:`ssl.SSLContext` (the gateway's HTTP server)."""
+
+    def _config(self) -> ssl.SSLContext:  # type: ignore[override]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.paths[0], self.paths[1])
+            if self.client_ca:
+                context.load_verify_locations(cafile=self.paths[2])
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS certificate {self.paths[0]} and key {self.paths[1]}: {exc}") from exc
+        return context
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """An :class:`ssl.SSLContext` serving ``cert``/``key`` with the same renewal as
+    :func:`server_credentials`: every handshake (OpenSSL calls the SNI hook with or without a
+    server name) checks the files and, once they changed, is served from a freshly loaded context.
+    mTLS with ``client_ca``."""
+    reloader = _SslReloader(cert, key, client_ca)
+    listening: ssl.SSLContext = reloader.initial  # type: ignore[assignment]
+    current = [listening]
+
+    def handshake(sock: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
+        fresh = reloader()
+        if fresh is not None:
+            current[0] = fresh  # type: ignore[assignment]
+        if current[0] is not listening:
+            sock.context = current[0]
+
+    listening.sni_callback = handshake
+    return listening
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:

@@ -4,6 +4,7 @@ logs. A real `mediasearch serve` (embedded, micro model) with certificates made 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -39,6 +40,29 @@ class Secured:
     keys: dict[str, str]  # name -> key
     log: Path
     child: Child
+
+    @property
+    def http_address(self) -> str:
+        return f"localhost:{self.child.http_port}"
+
+    def https(
+        self, method: str, path: str, key: str | None = None, client: Pair | None = None
+    ) -> tuple[int, bytes]:
+        """One HTTPS call to the gateway's HTTP port, verified against the test CA."""
+        context = ssl.create_default_context(cafile=str(self.ca.path))
+        if client is not None:
+            context.load_cert_chain(client.cert, client.key)
+        connection = http.client.HTTPSConnection(
+            "localhost", self.child.http_port, context=context, timeout=10
+        )
+        try:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            body = b'{"text": "a red circle"}' if method == "POST" else None
+            connection.request(method, path, body=body, headers=headers)
+            reply = connection.getresponse()
+            return reply.status, reply.read()
+        finally:
+            connection.close()
 
     def channel(self, *, tls: bool = True) -> grpc.Channel:
         if not tls:
@@ -220,8 +244,23 @@ def _served_cert(address: str, ca: Path) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def test_the_http_port_serves_tls_with_the_same_certificate_and_keys(secured: Secured) -> None:
+    assert secured.https("GET", "/healthz") == (200, b'{"status":"SERVING"}')
+    status, body = secured.https("POST", "/v1/search/text")
+    assert status == 401 and json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+    assert secured.https("POST", "/v1/search/text", secured.keys["searcher"])[0] == 200
+    assert secured.https("GET", "/v1/stats", secured.keys["searcher"])[0] == 403
+    plain = http.client.HTTPConnection("localhost", secured.child.http_port, timeout=5)
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        plain.request("GET", "/healthz")
+        plain.getresponse().read()
+    plain.close()
+
+
 def test_a_renewed_certificate_is_served_without_a_restart(secured: Secured) -> None:
     before = _served_cert(secured.address, secured.ca.path)
+    before_http = _served_cert(secured.http_address, secured.ca.path)
+    assert before_http.serial_number == before.serial_number
     renewed = secured.ca.issue("gateway-renewed", common_name="gateway renewed")
     os.replace(renewed.key, secured.server.key)
     os.replace(renewed.cert, secured.server.cert)
@@ -233,6 +272,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(secured: Secured) -> 
         assert time.monotonic() < deadline, "the renewed certificate was not picked up"
         time.sleep(0.2)
     assert after.subject.rfc4514_string() == "CN=gateway renewed"
+    assert _served_cert(secured.http_address, secured.ca.path).serial_number == after.serial_number
     with secured.channel() as channel:  # and the service still answers over it
         secured.stub(channel).SearchText(
             search_pb2.SearchTextRequest(text="a red circle"),
@@ -286,6 +326,11 @@ def test_mtls_refuses_a_caller_without_a_client_certificate(secured: Secured, mi
         )
         with grpc.secure_channel(address, mutual) as channel:
             search_pb2_grpc.SearchServiceStub(channel).SearchText(request, timeout=10, metadata=key)
+        mtls = Secured(secured.tmp, address, secured.db_url, secured.ca, secured.server, secured.keys,
+                       secured.log, child)  # fmt: skip
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            mtls.https("GET", "/healthz")  # the HTTP port asks for the client certificate too
+        assert mtls.https("GET", "/healthz", client=client)[0] == 200
     finally:
         child.stop()
 
