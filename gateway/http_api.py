@@ -41,7 +41,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mediasearch import errors
@@ -306,7 +306,7 @@ def build_app(ctx: HttpContext, *, auth: bool) -> Starlette:
             body["error"]["status"] = status
             return JSONResponse(body, status_code=status, headers={**headers, REQUEST_ID_KEY: rid})
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v1/search/text", _route(ctx, "SearchText", search_text), methods=["POST"]),
         Route("/v1/search/image", _route(ctx, "SearchImage", search_image), methods=["POST"]),
         Route("/v1/images/{id}", _route(ctx, "GetImage", get_image), methods=["GET"]),
@@ -368,7 +368,7 @@ async def _multipart_image(request: Request, limit: int) -> Message:
     if image is not None:
         if message.WhichOneof("query") is not None:
             raise errors.InvalidInput("give an image or an imageId, not both")
-        message.image = image  # type: ignore[attr-defined]
+        message.image = image
     return message
 
 

@@ -165,7 +165,7 @@ def openapi_document(*, auth: bool, max_top_k: int = 100, max_query_chars: int =
             }
         },
     }
-    secured = [{"bearerAuth": []}] if auth else []
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}] if auth else []
     redirect = {
         "description": "the original is in S3: its presigned URL",
         "headers": {"Location": {"schema": {"type": "string"}}},

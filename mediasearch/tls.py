@@ -77,7 +77,7 @@ class _Reloader:
 class _SslReloader(_Reloader):
     """The same files and rule for an :class:`ssl.SSLContext` (the gateway's HTTP server)."""
 
-    def _config(self) -> ssl.SSLContext:  # type: ignore[override]
+    def _config(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -96,13 +96,13 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     server name) checks the files and, once they changed, is served from a freshly loaded context.
     mTLS with ``client_ca``."""
     reloader = _SslReloader(cert, key, client_ca)
-    listening: ssl.SSLContext = reloader.initial  # type: ignore[assignment]
+    listening: ssl.SSLContext = reloader.initial
     current = [listening]
 
     def handshake(sock: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
         fresh = reloader()
         if fresh is not None:
-            current[0] = fresh  # type: ignore[assignment]
+            current[0] = fresh
         if current[0] is not listening:
             sock.context = current[0]
 
