@@ -33,6 +33,8 @@ def test_demo_indexes_a_gallery_serves_it_and_prints_ranked_results_for_every_ex
     assert len(list((tmp_path / "gallery").glob("*.jpg"))) == 24
     assert "indexed 24, failed 0" in out
     port = int(out.split("listening on 127.0.0.1:")[1].split()[0])
+    page = out.split("(gRPC) and ")[1].split()[0]  # the search page and the HTTP/JSON API
+    assert page.startswith("http://127.0.0.1:") and page.endswith("/")
     for text in QUERIES:
         assert f"“{text}”" in out
     assert len(list((tmp_path / "sheets").glob("*.png"))) == len(QUERIES)
