@@ -3,9 +3,9 @@
 The order is what makes a crash at any point harmless (exactly-once in effect):
 
 1. **reserve** (its own short transaction): each object version gets its images row, PENDING,
-   keyed by the unique (bucket, key, etag). Its id is the vector's label. A version already
-   INDEXED, FAILED or REMOVED is a duplicate delivery: nothing more to do. A PENDING row left by a
-   run that died is reused (its id was never served).
+   keyed by the unique (bucket, key, etag), with the tags read with the object. Its id is the
+   vector's label. A version already INDEXED, FAILED or REMOVED is a duplicate delivery: nothing
+   more to do. A PENDING row left by a run that died is reused (its id was never served).
 2. **stage**: group the vectors by shard and upload one immutable segment per shard. Under a live
    index generation a vector's shard is the owner of its nearest list (the segment holds it in
    that list); before the first one, the partitioner's (hash of the id). Nothing serves a segment
@@ -312,7 +312,7 @@ def _new_image(it: Item) -> NewImage:
     f = it.fetched
     assert f is not None, "a created event reaches the commit stage fetched"
     ev = it.event
-    return NewImage(ev.bucket, ev.key, f.etag, f.size, f.content_type, _created(it), ev.sequencer)
+    return NewImage(ev.bucket, ev.key, f.etag, f.size, f.content_type, _created(it), ev.sequencer, f.tags)
 
 
 def _stage(name: str, count: int, extra: int) -> None:

@@ -2,8 +2,10 @@
 
 Every image file under the folder (by extension, hidden files skipped) is one object: the bucket
 is ``MEDIASEARCH_INDEXER_LOCAL_BUCKET`` (``local``) or ``--bucket``, the key its path relative to
-the folder, the ETag the SHA-256 of its content. Running it again indexes only what is new or
-changed (a changed file is a new version: it replaces the old one); use one bucket name per folder.
+the folder, the ETag the SHA-256 of its content and tags. Its tags come from a JSON sidecar beside
+it (``photo.jpg.json``, else ``photo.json``; :func:`mediasearch.objects.sidecar_tags`), which is
+not an image itself. Running it again indexes only what is new or changed (a changed file or
+sidecar is a new version: it replaces the old one); use one bucket name per folder.
 With ``prune``, files the bucket's rows name and the folder no longer holds are removed too.
 """
 

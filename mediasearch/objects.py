@@ -7,20 +7,41 @@ folder has no versions to compare),
 :class:`Unavailable` (S3 or the disk failed; try later). An object larger than ``max_bytes`` is
 not downloaded: it comes back with ``error`` set. Whether the bytes are an image is the decoder's
 business.
+
+Tags come with the object, from no extra request: an S3 object's user metadata ``tags``
+(``x-amz-meta-tags``, comma-separated; in the response of the same ``GetObject``), a file's JSON
+sidecar (``photo.jpg.json``, else ``photo.json``: its ``"tags"`` list). Both go through
+:func:`normalize_tags` (trimmed, lowercased, deduplicated in order; at most :data:`MAX_TAGS` of at
+most :data:`MAX_TAG_CHARS` characters). A sidecar that cannot be read or parsed means no tags,
+never a failed image.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import json
+import logging
 import mimetypes
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
 
 from mediasearch import aws
 from mediasearch.errors import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+#: An image keeps at most this many tags (the first ones), each cut to at most MAX_TAG_CHARS.
+MAX_TAGS = 64
+MAX_TAG_CHARS = 100
+#: The S3 user metadata key (``x-amz-meta-tags``) that holds an object's comma-separated tags.
+TAGS_METADATA_KEY = "tags"
+#: A larger sidecar is not read (its image is indexed without tags).
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,7 @@ class StoredObject:
     modified: datetime | None
     data: bytes | None = None
     error: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def clean_etag(etag: str | None) -> str | None:
@@ -43,9 +65,85 @@ def clean_etag(etag: str | None) -> str | None:
     return etag or None
 
 
-def content_etag(data: bytes) -> str:
-    """The ETag of a local file: the SHA-256 of its content (a new content is a new version)."""
-    return hashlib.sha256(data).hexdigest()
+def content_etag(data: bytes, tags: Sequence[str] = ()) -> str:
+    """The ETag of a local file: the SHA-256 of its content, and of its tags when it has some (a
+    new content or new tags in its sidecar is a new version, indexed again with them)."""
+    digest = hashlib.sha256(data)
+    if tags:
+        digest.update(b"\0tags\0" + json.dumps(list(tags)).encode())
+    return digest.hexdigest()
+
+
+def normalize_tags(values: Iterable[str], where: str) -> tuple[str, ...]:
+    """Tags as stored and filtered on: whitespace trimmed (inner runs made one space), lowercased,
+    empty ones dropped, duplicates dropped (the first kept, in order), each cut to
+    :data:`MAX_TAG_CHARS` characters, at most :data:`MAX_TAGS` of them (cuts are logged)."""
+    tags: dict[str, None] = {}
+    cut = 0
+    for value in values:
+        tag = " ".join(value.split()).lower()
+        if len(tag) > MAX_TAG_CHARS:
+            tag, cut = tag[:MAX_TAG_CHARS].rstrip(), cut + 1
+        if tag:
+            tags.setdefault(tag, None)
+    if cut:
+        log.info("%s: %d tags cut to %d characters", where, cut, MAX_TAG_CHARS)
+    if len(tags) > MAX_TAGS:
+        log.info("%s: %d tags, only the first %d kept", where, len(tags), MAX_TAGS)
+    return tuple(tags)[:MAX_TAGS]
+
+
+def split_tags(text: str, where: str) -> tuple[str, ...]:
+    """Comma-separated tags (``"beach, Sunset,beach"`` -> ``("beach", "sunset")``)."""
+    return normalize_tags(text.split(","), where)
+
+
+def metadata_tags(metadata: Mapping[str, str] | None, where: str) -> tuple[str, ...]:
+    """The tags of an S3 object's user metadata (boto3's ``Metadata``): the value of ``tags``
+    (S3 hands non-ASCII values back RFC 2047-encoded: they are decoded)."""
+    value = next((v for k, v in (metadata or {}).items() if k.lower() == TAGS_METADATA_KEY), None)
+    if not value:
+        return ()
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (ValueError, LookupError) as exc:  # a malformed encoded word: taken as it is
+            log.debug("%s: tags metadata not decoded: %s", where, exc)
+    return split_tags(value, where)
+
+
+def sidecar_of(path: Path) -> Path | None:
+    """The JSON sidecar of an image file: ``photo.jpg.json`` if there is one, else ``photo.json``."""
+    for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if candidate != path and candidate.is_file():
+            return candidate
+    return None
+
+
+def sidecar_tags(path: Path) -> tuple[str, ...]:
+    """The tags of the image file ``path`` from its sidecar's ``"tags"`` (a list of strings, or
+    one comma-separated string). No sidecar, no ``"tags"``, or a sidecar that cannot be read or
+    parsed (logged): no tags."""
+    sidecar = sidecar_of(path)
+    if sidecar is None:
+        return ()
+    try:
+        if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
+        content = json.loads(sidecar.read_bytes())
+        if not isinstance(content, dict):
+            raise ValueError("not a JSON object")
+        value = content.get("tags")
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return split_tags(value, str(sidecar))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('"tags" is not a list of strings')
+        return normalize_tags(value, str(sidecar))
+    except (OSError, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        log.info("%s: sidecar ignored, %s has no tags: %s", sidecar, path.name, exc)
+        return ()
 
 
 def sequencer_order(a: str | None, b: str | None) -> int | None:
@@ -101,13 +199,14 @@ class S3Objects(ObjectReader):
                 etag = clean_etag(response.get("ETag")) or if_match or ""
                 modified = response.get("LastModified")
                 content_type = response.get("ContentType")
+                tags = metadata_tags(response.get("Metadata"), f"s3://{bucket}/{key}")
                 if size > self.max_bytes:
                     error = too_large(size, self.max_bytes)
-                    return StoredObject(etag, size, content_type, modified, None, error)
+                    return StoredObject(etag, size, content_type, modified, None, error, tags)
                 data = body.read()
             finally:
                 body.close()
-        return StoredObject(etag, len(data), content_type, modified, data)
+        return StoredObject(etag, len(data), content_type, modified, data, tags=tags)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
         try:
@@ -119,7 +218,8 @@ class S3Objects(ObjectReader):
 
 class FolderObjects(ObjectReader):
     """Files under ``root``: the key is the path relative to it (an absolute key is used as is);
-    the bucket is a label. The ETag is the SHA-256 of the content."""
+    the bucket is a label. Tags come from the file's sidecar (:func:`sidecar_tags`); the ETag is
+    the SHA-256 of the content and of those tags (:func:`content_etag`)."""
 
     def __init__(self, root: Path, *, max_bytes: int) -> None:
         super().__init__(max_bytes=max_bytes)
@@ -140,7 +240,8 @@ class FolderObjects(ObjectReader):
             raise NotFound(f"{path}: no longer exists") from exc
         except OSError as exc:
             raise Unavailable(f"{path}: {exc}") from exc
-        return StoredObject(content_etag(data), len(data), content_type, modified, data)
+        tags = sidecar_tags(path)
+        return StoredObject(content_etag(data, tags), len(data), content_type, modified, data, tags=tags)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
         try:

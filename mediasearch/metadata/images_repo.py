@@ -138,6 +138,7 @@ class NewImage:
     content_type: str | None = None
     created: datetime | None = None  # the object's last-modified time: orders versions of a key
     sequencer: str | None = None  # the create event's S3 sequencer: orders them exactly
+    tags: tuple[str, ...] = ()  # this version's tags (S3 metadata, a folder sidecar), normalized
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def reserve(session: Session, images: Sequence[NewImage]) -> list[Reservation]:
                     size=image.size,
                     content_type=image.content_type,
                     created=image.created or datetime.now(UTC),
-                    tags=[],
+                    tags=list(image.tags),
                     status=PENDING,
                     sequencer=image.sequencer,
                 )

@@ -1,4 +1,4 @@
-"""Reading users' images from S3 (moto): versions by If-Match, gone objects, size limits."""
+"""Reading users' images from S3 (moto): versions by If-Match, gone objects, size limits, tags."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def test_an_object_over_the_limit_is_not_downloaded(bucket: NotifyingBucket) -> 
     bucket.put("big.jpg", b"x" * 101)
     got = S3Objects(emulator_client("s3", bucket.endpoint), max_bytes=100).get("photos", "big.jpg")
     assert got.data is None and got.size == 101 and "too large" in (got.error or "")
+
+
+def test_an_objects_tags_come_from_its_user_metadata_in_the_same_get(bucket: NotifyingBucket) -> None:
+    bucket.s3.put_object(Bucket="photos", Key="t.jpg", Body=b"jpeg", Metadata={"tags": "beach, Sunset,beach"})
+    bucket.s3.put_object(Bucket="photos", Key="big.jpg", Body=b"x" * 101, Metadata={"tags": "Big"})
+    bucket.put("plain.jpg", b"jpeg")
+    objects = S3Objects(emulator_client("s3", bucket.endpoint), max_bytes=100)
+    assert objects.get("photos", "t.jpg").tags == ("beach", "sunset")
+    assert objects.get("photos", "big.jpg").tags == ("big",)  # not downloaded, tags still known
+    assert objects.get("photos", "plain.jpg").tags == ()

@@ -25,6 +25,7 @@ from mediasearch.export.micro.scenes import (
     write_gallery,
 )
 from mediasearch.export.micro.scenes.vocab import backgrounds_for
+from mediasearch.objects import sidecar_tags
 
 
 def _pixels(seed: int) -> tuple[np.ndarray, SceneLabel]:
@@ -107,6 +108,21 @@ def test_write_gallery_writes_an_image_and_a_sidecar_per_scene(tmp_path: Path) -
     assert all(label_matches(item.label, parse_query(item.caption)) for item in items)
     prefix = write_gallery(tmp_path / "b", 2, seed=5, size=48)
     assert [p.read_bytes() for p in prefix] == [p.read_bytes() for p in paths[:2]]
+
+
+def test_gallery_sidecars_tag_each_scene_with_its_words_where_the_indexer_reads_them(tmp_path: Path) -> None:
+    paths = write_gallery(tmp_path, 8, seed=3, size=32)
+    for path, item in zip(paths, read_gallery(tmp_path), strict=True):
+        label = item.label
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["tags"] == [label.colour, label.shape, label.size, label.background]
+        assert sidecar_tags(path) == tuple(sidecar["tags"])  # the folder indexer's convention
+    assert SceneLabel("red", "circle", 1, "large", "beige", "left").tags() == [
+        "red",
+        "circle",
+        "large",
+        "beige",
+    ]
 
 
 def test_scenes_command_writes_png_gallery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

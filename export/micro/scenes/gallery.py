@@ -2,7 +2,9 @@
 
 Scene ``i`` of seed ``s`` is drawn from its own generator, seeded with ``(s, i)``: a gallery is
 reproducible bit for bit, and a smaller gallery of the same seed is a prefix of a larger one.
-The sidecar ``<stem>.json`` holds ``{"image", "seed", "index", "label", "caption"}``.
+The sidecar ``<stem>.json`` holds ``{"image", "seed", "index", "label", "caption", "tags"}``; its
+``"tags"`` (the label's colour, shape, size and background) are what ``mediasearch index`` stores
+as the image's tags (a folder image's sidecar, see :func:`mediasearch.objects.sidecar_tags`).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def write_gallery(
             "index": index,
             "label": label.to_dict(),
             "caption": caption(label, rng),
+            "tags": label.tags(),
         }
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
         paths.append(path)

@@ -102,6 +102,11 @@ class SceneLabel:
         """The inverse of :meth:`to_dict`."""
         return cls(**data)
 
+    def tags(self) -> list[str]:
+        """The label's words an image is tagged with: colour, shape, size, background (a gallery
+        sidecar's ``"tags"``, which the indexer stores and the search filters on)."""
+        return list(dict.fromkeys((self.colour, self.shape, self.size, self.background)))
+
 
 @dataclass(frozen=True)
 class SceneQuery:
