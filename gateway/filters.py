@@ -17,6 +17,7 @@ from typing import Any
 
 from mediasearch.errors import InvalidInput
 from mediasearch.metadata.images_repo import ImageRecord
+from mediasearch.objects import normalize_tag
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ class Filters:
 def filters_from_proto(f: Any) -> Filters:
     """A ``mediasearch.v1.Filters`` message as :class:`Filters` (InvalidInput for values no image
     could have, e.g. a timestamp outside years 1-9999)."""
-    return Filters(
-        tags_any=tuple(f.tags_any),
-        tags_all=tuple(f.tags_all),
+    return Filters(  # tags as the indexer stores them: "Sunset " finds "sunset"
+        tags_any=tuple(normalize_tag(t) for t in f.tags_any),
+        tags_all=tuple(normalize_tag(t) for t in f.tags_all),
         content_types=tuple(f.content_types),
         created_after=_time(f, "created_after"),
         created_before=_time(f, "created_before"),

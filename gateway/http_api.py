@@ -166,17 +166,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _route(
-    ctx: HttpContext, method: str | None, handler: Handler
+    ctx: HttpContext, method: str, handler: Handler, *, keyed: bool = True
 ) -> Callable[[Request], Awaitable[Response]]:
-    """One route: request id, the key check (``method``: its gRPC method name; None: open), the
-    handler, and errors as JSON. ``method`` is also its name in the metrics."""
+    """One route: request id, the key check (``method``: its gRPC method name, which decides the
+    scope; ``keyed=False``: the handler checks itself), the handler, errors as JSON, metrics."""
 
     async def endpoint(request: Request) -> Response:
         with _request_id(request) as rid:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if method is not None and ctx.authorize is not None:
+                if keyed and ctx.authorize is not None:
                     header = request.headers.get("authorization")
                     await ctx.authorize(SERVICE + method, [("authorization", header)] if header else [])
                 response = await handler(request)
@@ -207,8 +207,8 @@ def _route(
                 body = _error_body(code, f"internal error (request id {rid})", rid)
                 return JSONResponse(body, status_code=500, headers={REQUEST_ID_KEY: rid})
             finally:
-                if ctx.observe is not None and method is not None:
-                    ctx.observe(method, code, time.perf_counter() - started)
+                if ctx.observe is not None:
+                    ctx.observe(method, code, time.perf_counter() - started, "http")
             response.headers[REQUEST_ID_KEY] = rid
             response.headers.update(_SECURITY_HEADERS)
             return response
@@ -310,8 +310,10 @@ def build_app(ctx: HttpContext, *, auth: bool) -> Starlette:
         Route("/v1/search/text", _route(ctx, "SearchText", search_text), methods=["POST"]),
         Route("/v1/search/image", _route(ctx, "SearchImage", search_image), methods=["POST"]),
         Route("/v1/images/{id}", _route(ctx, "GetImage", get_image), methods=["GET"]),
-        Route("/v1/images/{id}/thumbnail", _route(ctx, None, thumbnail), methods=["GET"]),
-        Route("/v1/images/{id}/original", _route(ctx, None, original), methods=["GET"]),
+        Route(
+            "/v1/images/{id}/thumbnail", _route(ctx, "GetThumbnail", thumbnail, keyed=False), methods=["GET"]
+        ),
+        Route("/v1/images/{id}/original", _route(ctx, "GetOriginal", original, keyed=False), methods=["GET"]),
         Route("/v1/stats", _route(ctx, "Stats", stats), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

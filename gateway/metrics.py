@@ -17,14 +17,14 @@ class GatewayMetrics(ServiceMetrics):
         super().__init__()
         self.requests = Counter(
             "mediasearch_gateway_requests",
-            "gRPC requests by method and status code",
-            ["method", "code"],
+            "Requests by method, status code (gRPC's name) and protocol (grpc or http)",
+            ["method", "code", "protocol"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "mediasearch_gateway_request_seconds",
-            "Whole request latency by method",
-            ["method"],
+            "Whole request latency by method and protocol",
+            ["method", "protocol"],
             buckets=_BUCKETS,
             registry=self.registry,
         )
@@ -44,9 +44,11 @@ class GatewayMetrics(ServiceMetrics):
         for stage in STAGES:
             self.stage.labels(stage)
 
-    def observe_call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.latency.labels(method).observe(seconds)
+    def observe_call(
+        self, method: str, code: grpc.StatusCode, seconds: float, protocol: str = "grpc"
+    ) -> None:
+        self.requests.labels(method, code.name, protocol).inc()
+        self.latency.labels(method, protocol).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

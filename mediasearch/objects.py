@@ -74,6 +74,11 @@ def content_etag(data: bytes, tags: Sequence[str] = ()) -> str:
     return digest.hexdigest()
 
 
+def normalize_tag(value: str) -> str:
+    """One tag as stored and filtered on: whitespace trimmed (inner runs made one space), lowercased."""
+    return " ".join(value.split()).lower()
+
+
 def normalize_tags(values: Iterable[str], where: str) -> tuple[str, ...]:
     """Tags as stored and filtered on: whitespace trimmed (inner runs made one space), lowercased,
     empty ones dropped, duplicates dropped (the first kept, in order), each cut to
@@ -81,7 +86,7 @@ def normalize_tags(values: Iterable[str], where: str) -> tuple[str, ...]:
     tags: dict[str, None] = {}
     cut = 0
     for value in values:
-        tag = " ".join(value.split()).lower()
+        tag = normalize_tag(value)
         if len(tag) > MAX_TAG_CHARS:
             tag, cut = tag[:MAX_TAG_CHARS].rstrip(), cut + 1
         if tag:

@@ -120,7 +120,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
 REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after"
-Observer = Callable[[str, grpc.StatusCode, float], None]
+Observer = Callable[..., None]  # (method, code, seconds[, protocol])
 Authorize = Callable[[str, Any], Awaitable[object]]
 
 

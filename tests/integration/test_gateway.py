@@ -186,8 +186,9 @@ def test_metrics_count_requests_by_status_and_time_every_stage(stack: Stack) -> 
         stack.client.search_text("")
     url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert 'mediasearch_gateway_requests_total{code="OK",method="SearchText"}' in text
-    assert 'mediasearch_gateway_requests_total{code="INVALID_ARGUMENT",method="SearchText"}' in text
+    requests = "mediasearch_gateway_requests_total"
+    assert f'{requests}{{code="OK",method="SearchText",protocol="grpc"}}' in text
+    assert f'{requests}{{code="INVALID_ARGUMENT",method="SearchText",protocol="grpc"}}' in text
     for stage in ("encode", "search", "merge", "metadata"):
         count = [
             ln

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mediasearch.gateway.filters import Filters
+from mediasearch.gateway.filters import Filters, filters_from_proto
 from mediasearch.metadata.images_repo import ImageRecord
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -46,3 +46,10 @@ def test_filter_matches_exactly_when_every_set_condition_holds(filters: Filters,
 def test_missing_content_type_never_matches_a_content_type_filter() -> None:
     assert not Filters(content_types=("image/jpeg",)).matches(_image(content_type=None))
     assert Filters().empty and not Filters(bucket="b").empty
+
+
+def test_tag_filters_are_matched_as_the_indexer_stores_tags() -> None:
+    from mediasearch._proto.mediasearch.v1 import search_pb2
+
+    filters = filters_from_proto(search_pb2.Filters(tags_any=["  Sunset ", "Red  Car"], tags_all=["BEACH"]))
+    assert filters.tags_any == ("sunset", "red car") and filters.tags_all == ("beach",)
