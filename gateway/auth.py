@@ -203,8 +203,8 @@ class Authorizer:
         key = bearer(metadata)
         if key is None:
             raise Unauthenticated(
-                "this service needs an API key: send the metadata 'authorization: Bearer <key>' "
-                "(mediasearch keys create makes one)"
+                "this service needs an API key: send 'authorization: Bearer <key>' (gRPC metadata, "
+                "or the HTTP Authorization header; mediasearch keys create makes one)"
             )
         found = await self.keys.lookup_fresh(key)
         if found is None:
