@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import uvicorn
@@ -40,9 +41,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from mediasearch import errors
 from mediasearch._proto.mediasearch.v1 import search_pb2
@@ -260,20 +260,22 @@ def build_app(ctx: HttpContext, *, auth: bool) -> Starlette:
         elif ctx.authorize is not None:
             await ctx.authorize(SERVICE + "GetImage", [("authorization", request.headers["authorization"])])
         engine = api.engine
-        record = await engine.get_image_record(image_id)
         cache = {"Cache-Control": f"private, max-age={ctx.links.expiry_s // 2}"}
+        if not original:  # one primary-key read, of an INDEXED image's row only
+            stored = await engine.metadata.thumbnail(image_id)
+            if stored is not None:
+                return Response(stored, media_type="image/webp", headers=cache)
+        record = await engine.get_image_record(image_id)
         if original:
             url = engine.locator.url(record)
             if url.startswith(("https://", "http://")):  # a presigned S3 URL: the bytes need not pass here
                 return RedirectResponse(url, status_code=307)
             data = await engine.locator.read(record)
             return Response(data, media_type=record.content_type or "application/octet-stream", headers=cache)
-        stored = await engine.metadata.thumbnail(image_id)
-        if stored is None:  # indexed before thumbnails existed, or by a server-decoding encoder
-            async with ctx.thumbnails:
-                data = await engine.locator.read(record)
-                stored = await asyncio.to_thread(_thumbnail, data, ctx.limits, ctx.thumbnail_size)
-        return Response(stored, media_type="image/webp", headers=cache)
+        async with ctx.thumbnails:  # indexed before thumbnails existed (or with thumbnails off)
+            data = await engine.locator.read(record)
+            made = await asyncio.to_thread(_thumbnail, data, ctx.limits, ctx.thumbnail_size)
+        return Response(made, media_type="image/webp", headers=cache)
 
     async def thumbnail(request: Request) -> Response:
         return await linked(request, original=False)
@@ -290,8 +292,13 @@ def build_app(ctx: HttpContext, *, auth: bool) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(document, media_type="application/json")
 
+    web = _WebFiles(WEB_ROOT)
+
     async def page(request: Request) -> Response:
-        return FileResponse(WEB_ROOT / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
+        return web.response(request, "index.html", {"Content-Security-Policy": _PAGE_CSP})
+
+    async def static(request: Request) -> Response:
+        return web.response(request, request.path_params["name"])
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -319,9 +326,38 @@ def build_app(ctx: HttpContext, *, auth: bool) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
-    if WEB_ROOT.is_dir():
-        routes.append(Mount("/static", StaticFiles(directory=WEB_ROOT), name="static"))
+    routes.append(Route("/static/{name}", static, methods=["GET", "HEAD"]))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+class _WebFiles:
+    """The page's files, read once (a dozen small files): each answer is one write from memory,
+    with an ETag, and ``no-cache`` so a browser revalidates (a 304) and a new release shows at once."""
+
+    _TYPES: ClassVar[dict[str, str]] = {
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".svg": "image/svg+xml",
+    }
+
+    def __init__(self, root: Path) -> None:
+        self.files: dict[str, tuple[bytes, str, str]] = {}
+        for path in sorted(root.glob("*")) if root.is_dir() else ():
+            kind = self._TYPES.get(path.suffix)
+            if kind is not None and path.is_file():
+                data = path.read_bytes()
+                self.files[path.name] = (data, kind, f'"{hashlib.sha256(data).hexdigest()[:20]}"')
+
+    def response(self, request: Request, name: str, headers: dict[str, str] | None = None) -> Response:
+        found = self.files.get(name)
+        if found is None:
+            raise HTTPException(404)
+        data, kind, etag = found
+        sent = {"ETag": etag, "Cache-Control": "no-cache", **_SECURITY_HEADERS, **(headers or {})}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=sent)
+        return Response(data, media_type=kind, headers=sent)
 
 
 def _thumbnail(data: bytes, limits: DecodeLimits, size: int) -> bytes:

@@ -195,6 +195,12 @@ def test_the_search_page_is_served_with_a_content_security_policy(stack: Stack) 
     status, headers, page = _call(stack, "GET", "/", key=None)
     assert status == 200 and page.lower().startswith(b"<!doctype html")
     assert "script-src 'self'" in headers["content-security-policy"]
+    status, headers, script = _call(stack, "GET", "/static/app.js", key=None)
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and b"import" in script
+    again = _call(stack, "GET", "/static/app.js", key=None, headers={"If-None-Match": headers["etag"]})
+    assert again[0] == 304 and again[2] == b""
+    assert _call(stack, "GET", "/static/../http_api.py", key=None)[0] == 404
+    assert _call(stack, "GET", "/static/nothing.js", key=None)[0] == 404
 
 
 def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(stack: Stack) -> None:
