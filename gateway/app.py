@@ -126,7 +126,15 @@ class Gateway:
             images_by_status=by_status,
             model_version=self.encoder.model_version,
             mode=self.mode,
+            index_generation=self._generation_number(),
         )
+
+    def _generation_number(self) -> int:
+        for follower in self.followers:
+            if isinstance(follower, GenerationFollower):
+                live = follower.current()
+                return live.number if live is not None else 0
+        return 0
 
 
 async def start_gateway(

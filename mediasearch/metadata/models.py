@@ -70,6 +70,7 @@ class GenerationRow(Base):
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dim: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the vectors' width (None: before 0008)
 
     __table_args__ = (Index("ix_index_generations_state", "state"),)
 

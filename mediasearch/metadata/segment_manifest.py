@@ -223,10 +223,27 @@ def switch_generation(session: Session, record: GenerationRecord) -> None:
             imbalance=record.imbalance,
             state=LIVE,
             created=utcnow(),
+            dim=record.dim or None,
         )
     )
     session.flush()
     _notify(session, [""])
+
+
+def list_generations(session: Session) -> list[GenerationRecord]:
+    """Every index generation, newest first (deleted ones included: their rows stay as history)."""
+    rows = session.scalars(select(GenerationRow).order_by(GenerationRow.number.desc()))
+    return [_generation_record(r) for r in rows]
+
+
+def exact_layout(session: Session) -> dict[str, int]:
+    """Vectors served in the exact layout (live segments placed by no generation), by model version."""
+    rows = session.execute(
+        select(SegmentRow.model_version, func.sum(SegmentRow.count))
+        .where(SegmentRow.state == LIVE, SegmentRow.generation == 0)
+        .group_by(SegmentRow.model_version)
+    )
+    return {version: int(total or 0) for version, total in rows}
 
 
 def retired_generations_before(session: Session, cutoff: datetime) -> list[GenerationRecord]:
@@ -254,6 +271,9 @@ def _generation_record(row: GenerationRow) -> GenerationRecord:
         row.vectors,
         row.imbalance,
         row.state,
+        row.dim or 0,
+        utc(row.created) if row.created is not None else None,
+        utc(row.retired) if row.retired is not None else None,
     )
 
 

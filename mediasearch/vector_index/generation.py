@@ -62,6 +62,9 @@ class GenerationRecord:
     vectors: int
     imbalance: float
     state: str = "live"
+    dim: int = 0  # the vectors' width (0: not recorded, a generation built before it was)
+    created: datetime | None = None
+    retired: datetime | None = None
 
 
 class Generation:

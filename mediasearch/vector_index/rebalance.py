@@ -228,7 +228,7 @@ class Rebalancer:
             uri = self.store.put(folder, meta)
         return GenerationRecord(
             generation.number, model_version, generation.nlist, self.num_shards, segment_id, uri, count,
-            imbalance(generation.shard_sizes()),
+            imbalance(generation.shard_sizes()), dim=generation.dim,
         )  # fmt: skip
 
     def _stage(

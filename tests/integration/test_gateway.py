@@ -144,6 +144,7 @@ def test_get_image_and_stats(stack: Stack) -> None:
         stack.client.get_image(10**12)
     stats = stack.client.stats()
     assert stats.mode == "cluster" and len(stats.shards) == 2 and all(s.available for s in stats.shards)
+    assert stats.index_generation == 0  # 120 vectors: the exact layout, no generation yet
     assert stats.vectors >= N_SCENES and stats.images_by_status["indexed"] >= N_SCENES
 
 

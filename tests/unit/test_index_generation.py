@@ -665,3 +665,27 @@ def test_merging_one_query_ranks_like_merging_many() -> None:
         np.testing.assert_array_equal(alone[0], together[0][row : row + 1])
         kept = alone[1][alone[1] >= 0]
         assert len(set(kept.tolist())) == len(kept)  # each id once
+
+
+def test_generation_list_shows_each_generation_with_its_model_width_and_state(
+    index: _Index, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mediasearch.cli import main
+    from mediasearch.metadata.segment_manifest import exact_layout, list_generations
+
+    x, _ = _data(3_000, seed=6)
+    _publish_hashed(index, x, np.arange(3_000, dtype=np.int64) + 1)
+    with index.sessions() as session:
+        assert list_generations(session) == [] and exact_layout(session) == {MODEL: 3_000}
+    _rebalancer(index).run(MODEL)
+    _rebalancer(index).run(MODEL)
+    with index.sessions() as session:
+        second, first = list_generations(session)
+        assert exact_layout(session) == {}
+    assert (second.number, second.state, second.dim, second.vectors) == (2, "live", DIM, 3_000)
+    assert (first.number, first.state, first.dim) == (1, "retired", DIM)
+    assert first.created is not None and first.retired is not None and second.retired is None
+    url = index.sessions.kw["bind"].url.render_as_string(hide_password=False)
+    assert main(["generation", "list", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "live" in out and "retired" in out and MODEL in out and str(DIM) in out and "3,000" in out
