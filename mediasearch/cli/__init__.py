@@ -19,7 +19,7 @@ from mediasearch.settings import load_settings
 
 _COMMANDS = (
     "export", "scenes", "triton", "shard-server", "compact", "index", "backfill", "indexer",
-    "serve", "query", "up", "demo", "migrate", "pull-model", "keys", "generation",
+    "serve", "query", "up", "demo", "migrate", "pull-model", "keys", "generation", "reindex",
 )  # fmt: skip
 
 # Libraries that log their internals at INFO: faiss's loader prints a "Could not load library ...

@@ -1,0 +1,297 @@
+"""Reindex: every indexed image's embedding recomputed with another model, into a new generation.
+
+``mediasearch reindex --model-repository DIR [--part i/N]`` (issue 19, its first part):
+
+1. **The building generation**: the one in state ``building`` for the new model's version, else a
+   new one (the next number; model version and vector width from the new model's manifest). A
+   generation building for another model refuses the run: two reindexes never mix.
+2. **The work**: the INDEXED images of this part (``id mod N == i``), in id order, less the ids
+   the generation already holds, so a run killed at any point resumes where it stopped. Several
+   parts run side by side (the Indexed Job's pods), each on its own ids.
+3. **The indexer's pipeline** (fetch -> decode -> encode, batched, with its progress bar), its
+   commit stage replaced: each batch becomes one *staged* segment per shard (the hash of the id,
+   as before a generation), recorded in one transaction. Nothing serves a staged segment; the
+   images rows are not touched.
+4. **The completeness check**: every INDEXED image has exactly one vector in the generation; what
+   is missing (and what was staged twice) is listed.
+
+Not yet built: the switch and the rollback, images indexed or removed while the reindex runs (the
+indexer's dual write), the chart's Indexed Job; until then a building generation is inert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mediasearch.encoders.factory import create_encoder
+from mediasearch.errors import ConfigError, Conflict
+from mediasearch.indexer.commit import Committer
+from mediasearch.indexer.events import ObjectEvent
+from mediasearch.indexer.items import IndexReport, Item
+from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallback
+from mediasearch.indexer.service import s3_client
+from mediasearch.indexer.source import Delivery, ListedSource
+from mediasearch.metadata.db import migrated_engine, session_factory, translated
+from mediasearch.metadata.models import INDEXED, GenerationRow, ImageRow, SegmentRow, utcnow
+from mediasearch.metadata.segment_manifest import next_generation_number
+from mediasearch.objects import FolderObjects, ObjectReader, S3Objects, StoredObject
+from mediasearch.settings import Settings
+from mediasearch.vector_index.builder import BuildConfig
+from mediasearch.vector_index.partition import HashPartitioner
+from mediasearch.vector_index.segment import IDS_FILE
+from mediasearch.vector_index.store import SegmentStore, store_from_settings
+from mediasearch.vector_index.writer import stage_segment
+
+log = logging.getLogger(__name__)
+
+BUILDING = "building"  # a generation's state while a reindex fills it
+STAGED = "staged"  # a segment's state: recorded, kept, never served
+
+
+@dataclass(frozen=True)
+class Part:
+    """``i/N``: this run takes the images whose ``id mod N == i``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"--part {text!r}: write i/N, e.g. 0/4 (part 0 of 4)") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"--part {text!r}: i must be 0..N-1")
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def building_generation(session: Session, model_version: str, dim: int) -> int:
+    """The number of the generation building for ``model_version`` (made now if there is none)."""
+    with translated("reading the building generation"):
+        rows = list(session.scalars(select(GenerationRow).where(GenerationRow.state == BUILDING)))
+        other = [r for r in rows if r.model_version != model_version]
+        if other:
+            raise Conflict(
+                f"generation {other[0].number} is being built for model {other[0].model_version}; "
+                f"finish that reindex before starting one for {model_version}"
+            )
+        if rows:
+            if rows[0].dim not in (None, dim):
+                raise Conflict(f"generation {rows[0].number} holds {rows[0].dim}-wide vectors, not {dim}")
+            return rows[0].number
+        number = next_generation_number(session)
+        session.add(
+            GenerationRow(
+                number=number, model_version=model_version, nlist=0, num_shards=0, quantizer_id="",
+                quantizer_uri="", vectors=0, imbalance=1.0, state=BUILDING, created=utcnow(), dim=dim,
+            )
+        )  # fmt: skip
+        session.flush()
+        log.info("reindex: generation %d is building for model %s (%d-wide)", number, model_version, dim)
+        return number
+
+
+def staged_ids(session: Session, store: SegmentStore, generation: int) -> np.ndarray:
+    """Every id the generation's staged segments hold (an id twice if it was staged twice)."""
+    rows = session.scalars(
+        select(SegmentRow).where(SegmentRow.generation == generation, SegmentRow.state == STAGED)
+    ).all()
+    parts = [np.load(Path(store.open(r.uri, verify_checksums=False)) / IDS_FILE) for r in rows]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+class IndexedImages(ListedSource):
+    """One delivery per INDEXED image of the part that the generation does not hold yet."""
+
+    def __init__(self, session: Session, part: Part, done: np.ndarray) -> None:
+        super().__init__()
+        held = set(done.tolist())
+        rows = session.execute(
+            select(ImageRow.id, ImageRow.bucket, ImageRow.key, ImageRow.etag)
+            .where(ImageRow.status == INDEXED)
+            .order_by(ImageRow.id)
+        )
+        for image_id, bucket, key, etag in rows:
+            if image_id % part.count == part.index and image_id not in held:
+                self._pending.append(Delivery([ObjectEvent("created", bucket, key, etag)], token=image_id))
+        self.total = len(self._pending)
+
+
+class ImageObjects(ObjectReader):
+    """Originals where the indexer found them: a folder for ``local_bucket``, S3 for the rest."""
+
+    def __init__(
+        self, folder: FolderObjects | None, local_bucket: str, s3: S3Objects | None, max_bytes: int
+    ) -> None:
+        super().__init__(max_bytes=max_bytes)
+        self.folder, self.local_bucket, self.s3 = folder, local_bucket, s3
+
+    def _reader(self, bucket: str) -> ObjectReader:
+        reader = self.folder if bucket == self.local_bucket else self.s3
+        if reader is None:
+            where = "MEDIASEARCH_IMAGES_ROOT" if bucket == self.local_bucket else "S3"
+            raise ConfigError(f"images of bucket {bucket!r} cannot be read: set {where}")
+        return reader
+
+    def get(self, bucket: str, key: str, *, if_match: str | None = None) -> StoredObject:
+        return self._reader(bucket).get(bucket, key, if_match=if_match)
+
+    def current_etag(self, bucket: str, key: str) -> str | None:
+        return self._reader(bucket).current_etag(bucket, key)
+
+
+@dataclass
+class Completeness:
+    """What the generation holds against what is indexed."""
+
+    indexed: int
+    held: int
+    missing: list[int] = field(default_factory=list)  # indexed, with no vector in the generation
+    doubled: list[int] = field(default_factory=list)  # more than one vector
+    gone: int = 0  # vectors of images no longer indexed (removed meanwhile)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.doubled
+
+
+def check_completeness(session: Session, store: SegmentStore, generation: int) -> Completeness:
+    ids = staged_ids(session, store, generation)
+    counts = Counter(ids.tolist())
+    indexed = set(session.scalars(select(ImageRow.id).where(ImageRow.status == INDEXED)))
+    return Completeness(
+        indexed=len(indexed),
+        held=len(counts),
+        missing=sorted(indexed - counts.keys()),
+        doubled=sorted(i for i, n in counts.items() if n > 1),
+        gone=len(counts.keys() - indexed),
+    )
+
+
+_WHY = {
+    "gone": "the original is gone",
+    "stale": "the original changed since it was indexed (the indexer indexes the new version)",
+    "retry": "could not be read or encoded now: run the reindex again",
+}
+
+
+class ReindexCommitter(Committer):
+    """The pipeline's commit stage for a reindex: staged segments of the building generation."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: SegmentStore,
+        generation: int,
+        num_shards: int,
+        config: BuildConfig,
+        model_version: str,
+    ) -> None:
+        super().__init__(sessions, store, HashPartitioner(num_shards), config, model_version)
+        self.generation_number = generation
+        self.problems: list[tuple[int, str, str]] = []  # (image id, bucket/key, why it has no vector)
+
+    def already_done(self, bucket: str, key: str, etag: str, sequencer: str | None = None) -> bool:
+        return False  # the source left out what the generation holds
+
+    def commit(self, items: Sequence[Item]) -> None:
+        done = [it for it in items if it.outcome is None and it.vector is not None and not it.error]
+        for it in items:
+            if it.outcome is None:
+                it.outcome = "failed" if it.error or it.vector is None else "indexed"
+                if it.outcome == "failed" and not it.error:
+                    it.error = "no vector"
+            why = _WHY.get(it.outcome or "", it.error if it.outcome == "failed" else None)
+            if why:
+                self.problems.append((int(it.delivery.token), it.uri, why))
+        if not done:
+            return
+        ids = np.array([it.delivery.token for it in done], dtype=np.int64)
+        vectors = np.stack([it.vector for it in done if it.vector is not None]).astype(np.float32)
+        shards = self.partitioner.shards_for(ids)
+        records = []
+        for shard in np.unique(shards):
+            mine = shards == shard
+            record = stage_segment(
+                self.store, vectors[mine], ids[mine], shard=int(shard), model_version=self.model_version,
+                config=self.config, work_dir=self.work_dir,
+            )  # fmt: skip
+            records.append(record)
+        with translated("recording staged segments"), self.sessions.begin() as session:
+            for rec in records:
+                session.add(
+                    SegmentRow(
+                        id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
+                        model_version=rec.model_version, index_type=rec.index_type, state=STAGED,
+                        created=utcnow(), generation=self.generation_number,
+                    )
+                )  # fmt: skip
+
+
+@dataclass
+class ReindexResult:
+    generation: int
+    model_version: str
+    dim: int
+    part: Part
+    report: IndexReport
+    completeness: Completeness
+    problems: list[tuple[int, str, str]]  # (image id, bucket/key, why): this run's images without a vector
+
+
+async def areindex(
+    settings: Settings, part: Part = Part(), *, progress: ProgressCallback | None = None
+) -> ReindexResult:
+    """One part of a reindex with the model of ``settings`` (``MEDIASEARCH_MODEL_REPOSITORY``,
+    ``MEDIASEARCH_MODEL_NAME``, ``MEDIASEARCH_ENCODER``) into its building generation."""
+    async with contextlib.AsyncExitStack() as cleanup:
+        engine = cleanup.enter_context(migrated_engine(settings.database_url))
+        sessions = session_factory(engine)
+        store = store_from_settings(settings, "indexer")
+        encoder = await cleanup.enter_async_context(create_encoder(settings))
+        with sessions.begin() as session:
+            number = building_generation(session, encoder.model_version, encoder.embedding_dim)
+        with sessions() as session:
+            source = IndexedImages(session, part, staged_ids(session, store, number))
+        cleanup.callback(source.close)
+        root = settings.images_root
+        objects = ImageObjects(
+            FolderObjects(root, max_bytes=settings.max_image_bytes) if root is not None else None,
+            settings.indexer_local_bucket,
+            S3Objects(s3_client(settings), max_bytes=settings.max_image_bytes),
+            settings.max_image_bytes,
+        )
+        committer = ReindexCommitter(
+            sessions,
+            store,
+            number,
+            settings.num_shards,
+            BuildConfig.from_settings(settings),
+            encoder.model_version,
+        )
+        options = replace(PipelineOptions.from_settings(settings), thumbnail_size=0)  # the images have theirs
+        report = await Pipeline(source, objects, encoder, committer, options, progress=progress).run()
+        with sessions() as session:
+            completeness = check_completeness(session, store, number)
+        return ReindexResult(
+            number,
+            encoder.model_version,
+            encoder.embedding_dim,
+            part,
+            report,
+            completeness,
+            committer.problems,
+        )

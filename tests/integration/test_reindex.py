@@ -1,0 +1,147 @@
+"""``mediasearch reindex``: a folder indexed with the micro CLIP, reindexed with another model (a
+tiny random CLIP, 16-wide) into a building generation: in parts, after a SIGKILL, with the
+completeness check; staged segments are never served."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mediasearch.cli import main
+from mediasearch.errors import Conflict
+from mediasearch.export.micro.scenes import write_gallery
+from mediasearch.gateway.app import embedded_settings
+from mediasearch.indexer.folder import index_folder
+from mediasearch.indexer.reindex import STAGED, Part, areindex, building_generation
+from mediasearch.metadata.db import make_engine, session_factory
+from mediasearch.metadata.models import SegmentRow
+from mediasearch.metadata.segment_manifest import list_generations, load_shard_manifest
+from mediasearch.settings import Settings
+
+SCENES = 60
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, micro_repository: Path) -> tuple[Settings, dict[str, str]]:
+    """The gallery indexed with the micro CLIP (embedded: SQLite, a segment folder)."""
+    gallery = tmp_path / "gallery"
+    write_gallery(gallery, SCENES, 5)
+    state = tmp_path / "state"
+    settings = Settings.defaults().with_overrides(
+        **embedded_settings(state), images_root=gallery, model_repository=micro_repository
+    )
+    assert index_folder(settings, gallery).indexed == SCENES
+    env = {
+        "MEDIASEARCH_DATABASE_URL": settings.database_url,
+        "MEDIASEARCH_SEGMENT_STORE_URL": settings.segment_store_url,
+        "MEDIASEARCH_SEGMENT_CACHE_DIR": str(settings.segment_cache_dir),
+        "MEDIASEARCH_ENCODER": "local",
+        "MEDIASEARCH_IMAGES_ROOT": str(gallery),
+    }
+    return settings, env
+
+
+def _staged(settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            return int(session.scalar(select(func.count()).where(SegmentRow.state == STAGED)) or 0)
+    finally:
+        engine.dispose()
+
+
+def test_a_reindex_in_two_parts_stages_every_image_once_and_serves_none_of_it(
+    indexed: tuple[Settings, dict[str, str]], tiny_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _env = indexed
+    new = settings.with_overrides(model_repository=tiny_repository)
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        before = [load_shard_manifest(session, s).segments for s in range(settings.num_shards)]
+    first = asyncio_run(areindex(new, Part(0, 2)))
+    assert first.report.indexed == SCENES // 2 and not first.completeness.complete
+    assert len(first.completeness.missing) == SCENES // 2
+    second = asyncio_run(areindex(new, Part(1, 2)))
+    done = second.completeness
+    assert (done.indexed, done.held, done.missing, done.doubled) == (SCENES, SCENES, [], [])
+    assert second.generation == first.generation and second.dim == 16
+    with sessions() as session:  # the shards' view is what it was: staged segments are not served
+        assert [load_shard_manifest(session, s).segments for s in range(settings.num_shards)] == before
+        (generation,) = list_generations(session)
+    assert (generation.state, generation.dim, generation.model_version) == (
+        "building",
+        16,
+        second.model_version,
+    )
+    # a second run of a part has nothing left to do, and stages nothing twice
+    again = asyncio_run(areindex(new, Part(0, 2)))
+    assert again.report.indexed == 0 and again.completeness.complete
+    # another model cannot start a reindex while this one builds
+    with sessions.begin() as session, pytest.raises(Conflict, match="being built for model"):
+        building_generation(session, "clip-another", 16)
+    engine.dispose()
+
+
+def test_a_killed_reindex_resumes_where_it_stopped(
+    indexed: tuple[Settings, dict[str, str]], tiny_repository: Path, tmp_path: Path
+) -> None:
+    settings, env = indexed
+    argv = [sys.executable, "-m", "mediasearch.cli", "reindex", "--model-repository", str(tiny_repository),
+            "--batch-size", "2", "--no-progress"]  # fmt: skip
+    child = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while _staged(settings) < 2:  # some batches are in: kill it mid-way
+        assert child.poll() is None and time.monotonic() < deadline, "the reindex ended before it was killed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    partial = _staged(settings)
+    errors = tmp_path / "errors.jsonl"
+    run = subprocess.run(
+        [*argv, "--errors", str(errors)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "is complete: every indexed image has exactly one vector" in run.stdout
+    assert f"{SCENES} of {SCENES} indexed images" in run.stdout
+    assert _staged(settings) > partial and errors.read_text() == ""
+
+
+def test_an_image_whose_original_is_gone_is_reported_and_the_generation_is_not_complete(
+    indexed: tuple[Settings, dict[str, str]], tiny_repository: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _settings, env = indexed
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    gone = sorted((Path(env["MEDIASEARCH_IMAGES_ROOT"])).glob("*.jpg"))[0]
+    gone.unlink()
+    errors = tmp_path / "errors.jsonl"
+    code = main(
+        ["reindex", "--model-repository", str(tiny_repository), "--errors", str(errors), "--no-progress"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and f"{SCENES - 1} of {SCENES} indexed images" in out and "missing (1): ids" in out
+    assert "is complete" not in out
+    (problem,) = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert problem["image"].endswith(gone.name) and problem["error"] == "the original is gone"
+
+
+def asyncio_run(coro):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    return asyncio.run(coro)
