@@ -35,7 +35,7 @@ from mediasearch.gateway.metrics import GatewayMetrics
 from mediasearch.gateway.query_path import QueryLimits, SearchEngine
 from mediasearch.gateway.search_server import SearchServer
 from mediasearch.gateway.security import GatewaySecurity
-from mediasearch.metadata.db import make_engine, migrate, session_factory
+from mediasearch.metadata.db import make_engine, migrate, session_factory, translated
 from mediasearch.metadata.images_repo import count_by_status
 from mediasearch.metadata.readers import open_image_reader
 from mediasearch.preprocess.image import DecodeLimits
@@ -44,6 +44,7 @@ from mediasearch.vector_index.follower import GenerationFollower, ManifestFollow
 from mediasearch.vector_index.router import Router, make_router
 from mediasearch.vector_index.shard import Shard
 from mediasearch.vector_index.store import store_from_settings
+from mediasearch.vector_index.upgrade import live_model, live_model_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Gateway:
     search: SearchEngine | None = None
     keys: KeyCache | None = None  # API keys (auth required)
     http: HttpServer | None = None  # HTTP/JSON API and the search page (unless its port is -1)
+    model_task: asyncio.Task[None] | None = None  # follows the live generation's model
+    live_number: int = 0  # the live generation (0: the exact layout before any), as last read
     stopped: bool = False
     draining: bool = False
     port: int = 0
@@ -93,6 +96,9 @@ class Gateway:
         if self.stopped:
             return
         self.stopped = self.draining = True
+        if self.model_task is not None:
+            self.model_task.cancel()
+            await asyncio.gather(self.model_task, return_exceptions=True)
         await self.server.drain(delay_s)
         if self.http is not None:
             await self.http.stop()
@@ -130,11 +136,51 @@ class Gateway:
         )
 
     def _generation_number(self) -> int:
+        """The live generation: the row the model follower last read, else the quantizer's."""
+        if self.live_number:
+            return self.live_number
         for follower in self.followers:
             if isinstance(follower, GenerationFollower):
                 live = follower.current()
                 return live.number if live is not None else 0
         return 0
+
+    async def follow_model(self) -> None:
+        """Encode with the live generation's model: after a switch (or a rollback) a new encoder is
+        started, checked and swapped in; the old one is closed once the searches using it are done.
+        Searches in between encode with the old model and are refused by the shards (the page
+        tokens of the old model are refused too: a model change is a new result set)."""
+        interval = self.settings.shard_poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                live = await asyncio.to_thread(self._live_model)
+                self.live_number = live[0] if live is not None else 0
+                if live is None or self.search is None or live[1] == self.encoder.model_version:
+                    continue
+                wanted = self.settings.with_overrides(model_name=live[2] or self.settings.model_name)
+                fresh = create_encoder(wanted)
+                await fresh.start()
+                if fresh.model_version != live[1]:
+                    await fresh.close()
+                    log.error(
+                        "generation %d is live with model %s, but %s in the model repository is %s: "
+                        "still encoding with %s", live[0], live[1], wanted.model_name, fresh.model_version,
+                        self.encoder.model_version,
+                    )  # fmt: skip
+                    continue
+                old, self.encoder, self.search.encoder = self.encoder, fresh, fresh
+                log.info("generation %d is live: encoding with model %s", live[0], fresh.model_version)
+                try:
+                    await asyncio.sleep(max(self.settings.gateway_deadline_s, 1.0))  # searches under way
+                finally:
+                    await old.close()
+            except MediaSearchError as exc:
+                log.warning("cannot follow the live generation's model now: %s", exc)
+
+    def _live_model(self) -> tuple[int, str, str] | None:
+        with self.sessions() as session, translated("reading the live generation's model"):
+            return live_model(session)
 
 
 async def start_gateway(
@@ -156,7 +202,8 @@ async def start_gateway(
     engine = make_engine(settings.database_url, **({"pool_pre_ping": False} if is_pg else {}))
     migrate(engine)
     sessions = session_factory(engine)
-    encoder = create_encoder(settings)
+    # the live generation's model: a gateway started after a switch (or a rollback) encodes with it
+    encoder = create_encoder(live_model_settings(settings, sessions))
     followers: list[ManifestFollower | GenerationFollower] = []
     shards: list[Shard] = []
     store = store_from_settings(settings, "gateway" if settings.shard_addresses else "")
@@ -244,6 +291,9 @@ async def start_gateway(
         for each in followers:
             each.start()
         gateway.port = await gateway.server.start()
+        live = await asyncio.to_thread(gateway._live_model)
+        gateway.live_number = live[0] if live is not None else 0
+        gateway.model_task = asyncio.create_task(gateway.follow_model(), name="model follower")
         if gateway.http is not None:
             gateway.http_port = await gateway.http.start()
         wanted_metrics = settings.gateway_metrics_port if metrics_port is None else metrics_port

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from mediasearch.errors import Conflict
+from mediasearch.errors import Conflict, ModelChanged
 from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import Item
 from mediasearch.metadata.db import translated
@@ -68,6 +68,7 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.upgrade import live_model
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,12 @@ class Committer:
             current = live_generation(session, lock=True)
             if (current.number if current is not None else 0) != staged.generation:
                 raise _Regenerated(staged.generation, current.number if current is not None else 0)
+            serving = live_model(session)
+            if live and serving is not None and serving[1] != self.model_version:
+                raise ModelChanged(
+                    f"the index now serves model {serving[1]} (generation {serving[0]}); this indexer "
+                    f"encodes with {self.model_version}: restart it (it takes the live generation's model)"
+                )
             lock_keys(session, [(it.event.bucket, it.event.key) for it in (*live, *removed)])
             raced = lock_pending(session, [it.image_id for it in live if it.image_id is not None])
             if raced:

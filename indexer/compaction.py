@@ -44,6 +44,7 @@ def open_compactor(settings: Settings) -> Iterator[tuple[Compactor, Rebalancer]]
             min_segments=settings.compact_min_segments,
             max_vectors=settings.compact_max_vectors,
             gc_grace_s=settings.gc_grace_s,
+            keep_s=settings.generation_keep_s,
         )
         yield compactor, Rebalancer.from_settings(settings, sessions, store)
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +48,16 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import HashPartitioner
 from mediasearch.vector_index.segment import IDS_FILE
 from mediasearch.vector_index.store import SegmentStore, store_from_settings
+from mediasearch.vector_index.upgrade import (
+    BUILDING,
+    STAGED,
+    Completeness,
+    check_completeness,
+    staged_segments,
+)
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
-
-BUILDING = "building"  # a generation's state while a reindex fills it
-STAGED = "staged"  # a segment's state: recorded, kept, never served
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ class Part:
         return f"{self.index}/{self.count}"
 
 
-def building_generation(session: Session, model_version: str, dim: int) -> int:
-    """The number of the generation building for ``model_version`` (made now if there is none)."""
+def building_generation(session: Session, model_version: str, dim: int, model_name: str = "") -> int:
+    """The number of the generation building for ``model_version`` (made now if there is none;
+    ``model_name``: the model's name in the repository, where gateways will find its encoder)."""
     with translated("reading the building generation"):
         rows = list(session.scalars(select(GenerationRow).where(GenerationRow.state == BUILDING)))
         other = [r for r in rows if r.model_version != model_version]
@@ -97,6 +101,7 @@ def building_generation(session: Session, model_version: str, dim: int) -> int:
             GenerationRow(
                 number=number, model_version=model_version, nlist=0, num_shards=0, quantizer_id="",
                 quantizer_uri="", vectors=0, imbalance=1.0, state=BUILDING, created=utcnow(), dim=dim,
+                model_name=model_name or None,
             )
         )  # fmt: skip
         session.flush()
@@ -106,11 +111,11 @@ def building_generation(session: Session, model_version: str, dim: int) -> int:
 
 def staged_ids(session: Session, store: SegmentStore, generation: int) -> np.ndarray:
     """Every id the generation's staged segments hold (an id twice if it was staged twice)."""
-    rows = session.scalars(
-        select(SegmentRow).where(SegmentRow.generation == generation, SegmentRow.state == STAGED)
-    ).all()
-    parts = [np.load(Path(store.open(r.uri, verify_checksums=False)) / IDS_FILE) for r in rows]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    held = [
+        np.load(Path(store.open(r.uri, verify_checksums=False)) / IDS_FILE)
+        for r in staged_segments(session, generation)
+    ]
+    return np.concatenate(held) if held else np.zeros(0, np.int64)
 
 
 class IndexedImages(ListedSource):
@@ -151,34 +156,6 @@ class ImageObjects(ObjectReader):
 
     def current_etag(self, bucket: str, key: str) -> str | None:
         return self._reader(bucket).current_etag(bucket, key)
-
-
-@dataclass
-class Completeness:
-    """What the generation holds against what is indexed."""
-
-    indexed: int
-    held: int
-    missing: list[int] = field(default_factory=list)  # indexed, with no vector in the generation
-    doubled: list[int] = field(default_factory=list)  # more than one vector
-    gone: int = 0  # vectors of images no longer indexed (removed meanwhile)
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing and not self.doubled
-
-
-def check_completeness(session: Session, store: SegmentStore, generation: int) -> Completeness:
-    ids = staged_ids(session, store, generation)
-    counts = Counter(ids.tolist())
-    indexed = set(session.scalars(select(ImageRow.id).where(ImageRow.status == INDEXED)))
-    return Completeness(
-        indexed=len(indexed),
-        held=len(counts),
-        missing=sorted(indexed - counts.keys()),
-        doubled=sorted(i for i, n in counts.items() if n > 1),
-        gone=len(counts.keys() - indexed),
-    )
 
 
 _WHY = {
@@ -263,7 +240,9 @@ async def areindex(
         store = store_from_settings(settings, "indexer")
         encoder = await cleanup.enter_async_context(create_encoder(settings))
         with sessions.begin() as session:
-            number = building_generation(session, encoder.model_version, encoder.embedding_dim)
+            number = building_generation(
+                session, encoder.model_version, encoder.embedding_dim, settings.model_name
+            )
         with sessions() as session:
             source = IndexedImages(session, part, staged_ids(session, store, number))
         cleanup.callback(source.close)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.image_bytes import probe_image
-from mediasearch.errors import Conflict, MediaSearchError, NotFound
+from mediasearch.errors import Conflict, MediaSearchError, ModelChanged, NotFound
 from mediasearch.indexer.commit import Committer, stages
 from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import IndexReport, Item
@@ -407,6 +407,8 @@ class Pipeline:
         try:
             with self.metrics.timed("commit"):
                 await self._blocking(self._commit_pool, self.committer.commit, items)
+        except ModelChanged:
+            raise  # a switch to another model: this run stops (its deliveries come back unacked)
         except (MediaSearchError, OSError) as exc:  # database, store or disk: the events come back later
             log.warning(
                 "indexer: committing %d events failed; they will be retried: %s", len(items), exc,

@@ -25,6 +25,7 @@ from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import make_partitioner
 from mediasearch.vector_index.store import store_from_settings
+from mediasearch.vector_index.upgrade import live_model_settings
 
 
 def s3_client(settings: Settings) -> Any:
@@ -55,8 +56,9 @@ async def run_pipeline(
         cleanup.callback(source.close)
         engine = cleanup.enter_context(migrated_engine(settings.database_url))
         store = store_from_settings(settings, "indexer")
-        if encoder is None:  # this run's own: started here, closed on the way out
-            encoder = await cleanup.enter_async_context(create_encoder(settings))
+        if encoder is None:  # this run's own, with the live generation's model: started here, closed after
+            model = live_model_settings(settings, session_factory(engine))
+            encoder = await cleanup.enter_async_context(create_encoder(model))
         committer = Committer(
             session_factory(engine),
             store,

@@ -11,6 +11,7 @@ tree where they enter the project, so callers and the gRPC interceptor only need
     ├── NotFound               an id, file or model that does not exist (NOT_FOUND)
     ├── CorruptData            a stored file fails its checksum or cannot be parsed (DATA_LOSS)
     ├── Conflict               a concurrent writer changed what we were about to change (ABORTED)
+    │   └── ModelChanged       the live generation's model is not the one this process encodes with
     ├── ModelError             a model or model repository is unusable
     │   ├── ModelUnavailable   a checkpoint that cannot be loaded here (e.g. a hub id while offline)
     │   ├── NotClipModel       a checkpoint that is not CLIP
@@ -52,6 +53,11 @@ class CorruptData(MediaSearchError):
 
 class Conflict(MediaSearchError):
     """Another writer changed the state this operation was based on; re-read and retry."""
+
+
+class ModelChanged(Conflict):
+    """The index switched to another model (a generation switch or rollback) since this process
+    chose its encoder: its vectors would be compared with another model's. Restart it."""
 
 
 class ModelError(MediaSearchError):
@@ -108,6 +114,7 @@ __all__ = [
     "InvalidInput",
     "ManifestMismatch",
     "MediaSearchError",
+    "ModelChanged",
     "ModelError",
     "ModelUnavailable",
     "NotClipModel",

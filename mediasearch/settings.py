@@ -345,6 +345,12 @@ class Settings(BaseSettings):
         description="The largest segment a merge writes; bigger segments are left alone. A merge "
         "holds its inputs' source vectors twice in memory (4 x dim x 2 bytes a vector).",
     )
+    generation_keep_s: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="How long the generation a model switch retired keeps its files, so that "
+        "`mediasearch generation rollback` can return to it (seconds; 0: no rollback).",
+    )
     gc_grace_s: float = Field(
         default=3600.0, ge=0, description="Unreferenced segment files younger than this are left alone."
     )

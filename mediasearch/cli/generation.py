@@ -1,4 +1,5 @@
-"""``mediasearch generation``: the index generations in the manifest (model, width, vectors, state)."""
+"""``mediasearch generation``: the index generations in the manifest (model, width, vectors,
+state); switch to a reindexed one, roll back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mediasearch.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generation",
-        help="list the index generations: model, width, vectors, lists, shards, state, created",
+        help="list the index generations; switch to a reindexed one; roll back",
         description=(
             "An index generation is one trained coarse quantizer (model version, vector width, lists "
             "packed into shards) and the segments placed by it; `mediasearch compact` builds the next "
@@ -27,6 +28,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="every generation, newest first, and what the exact layout still serves",
     )
+    switch = actions.add_parser(
+        "switch",
+        parents=[common],
+        help="make a reindexed generation live, in one transaction (refused while it lacks an image)",
+        description=(
+            "Make generation N, built by `mediasearch reindex`, the one searches use: in one "
+            "transaction, after the completeness check (every indexed image has exactly one vector "
+            "in it, or the switch is refused with the ids that are missing). The generation served "
+            "until now is retired and its files kept for a rollback for MEDIASEARCH_GENERATION_KEEP_S. "
+            "Gateways and shard servers follow within their poll interval."
+        ),
+    )
+    switch.add_argument("number", type=int, help="the generation (mediasearch generation list)")
+    back = actions.add_parser(
+        "rollback",
+        parents=[common],
+        help="return to the generation the last switch retired, in one transaction",
+    )
+    back.add_argument(
+        "--accept-missing",
+        action="store_true",
+        help="roll back even though images indexed since the switch have no vector there",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,10 +59,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mediasearch.metadata.segment_manifest import exact_layout, list_generations
 
     settings = settings.with_overrides(database_url=args.database_url)
+    if args.action in ("switch", "rollback"):
+        return _switch(args, settings)
     with migrated_engine(settings.database_url) as engine, session_factory(engine)() as session:
         generations = list_generations(session)
         exact = exact_layout(session)
     _print(generations, exact)
+    return 0
+
+
+def _switch(args: argparse.Namespace, settings: Settings) -> int:
+    from mediasearch.metadata.db import migrated_engine, session_factory, translated
+    from mediasearch.vector_index.store import store_from_settings
+    from mediasearch.vector_index.upgrade import rollback, switch_to
+
+    store = store_from_settings(settings, "compactor")
+    with (
+        migrated_engine(settings.database_url) as engine,
+        translated("switching generations"),
+        session_factory(engine).begin() as session,
+    ):
+        if args.action == "switch":
+            done = switch_to(session, store, args.number, settings.num_shards)
+        else:
+            done = rollback(
+                session, store, settings.generation_keep_s, settings.num_shards,
+                accept_missing=args.accept_missing,
+            )  # fmt: skip
+    print(
+        f"generation {done.number} (model {done.model_version}) is live: {done.vectors:,} vectors; "
+        f"generation {done.previous} retired (kept for a rollback for {settings.generation_keep_s:g} s)"
+        + (f"; {done.missing} images indexed since the switch have no vector" if done.missing else "")
+        + "; gateways and shards follow within their poll interval"
+    )
     return 0
 
 

@@ -71,6 +71,8 @@ class GenerationRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     dim: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the vectors' width (None: before 0008)
+    # the model's name in the model repository (None: the deployment's MEDIASEARCH_MODEL_NAME)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (Index("ix_index_generations_state", "state"),)
 

@@ -90,8 +90,15 @@ class ShardManifest:
     generation: GenerationRecord | None = None  # the live index generation (None: exact layout)
 
 
-def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequence[str] = ()) -> None:
-    """Add live segments and retire others inside the caller's transaction.
+def publish_in(
+    session: Session,
+    add: Sequence[SegmentRecord] = (),
+    retire: Sequence[str] = (),
+    *,
+    retired_at: datetime | None = None,
+) -> None:
+    """Add live segments and retire others inside the caller's transaction (``retired_at``: the
+    time a generation switch stamps on its generation row too; a rollback finds them by it).
 
     Raises Conflict if a segment to retire is no longer live (another compactor got there first):
     the caller's whole transaction must then roll back, so no vector is ever served twice.
@@ -114,12 +121,17 @@ def publish_in(session: Session, add: Sequence[SegmentRecord] = (), retire: Sequ
         result = session.execute(
             update(SegmentRow)
             .where(SegmentRow.id.in_(list(retire)), SegmentRow.state == LIVE)
-            .values(state=RETIRED, retired=utcnow())
+            .values(state=RETIRED, retired=retired_at or utcnow())
         )
         if result.rowcount != len(set(retire)):  # type: ignore[attr-defined]
             raise Conflict(f"segments {sorted(retire)} are no longer all live")
     session.flush()
     _notify(session, sorted({str(rec.shard) for rec in add}))
+
+
+def notify_all(session: Session) -> None:
+    """Every shard re-reads its manifest (at commit)."""
+    _notify(session, [""])
 
 
 def _notify(session: Session, payloads: Iterable[str]) -> None:
@@ -183,10 +195,11 @@ def load_shard_manifest(session: Session, shard: int, known: ShardManifest | Non
 
 # -- index generations ------------------------------------------------------------------------
 def live_generation(session: Session, *, lock: bool = False) -> GenerationRecord | None:
-    """The live index generation, or None while the index is in its exact layout. With ``lock``
-    (PostgreSQL) the row is read FOR SHARE: a writer publishing segments placed by this generation
-    holds it until commit, so a switch (FOR UPDATE) waits for it, and it for the switch."""
-    query = select(GenerationRow).where(GenerationRow.state == LIVE)
+    """The live index generation, or None while the index is in its exact layout (before the
+    first generation, or a model generation no quantizer was trained for yet: ``nlist`` 0). With
+    ``lock`` (PostgreSQL) the row is read FOR SHARE: a writer publishing segments placed by this
+    generation holds it until commit, so a switch (FOR UPDATE) waits for it, and it for the switch."""
+    query = select(GenerationRow).where(GenerationRow.state == LIVE, GenerationRow.nlist > 0)
     if lock:
         query = query.with_for_update(read=True)
     row = session.scalars(query).first()
@@ -205,11 +218,12 @@ def next_generation_number(session: Session) -> int:
     return int(session.scalar(select(func.coalesce(func.max(GenerationRow.number), 0))) or 0) + 1
 
 
-def switch_generation(session: Session, record: GenerationRecord) -> None:
+def switch_generation(session: Session, record: GenerationRecord, *, at: datetime | None = None) -> None:
     """Make ``record`` the live generation and retire the previous one, in the caller's transaction
-    (which also swaps the segments, so no query ever mixes two generations' lists)."""
+    (which also swaps the segments, so no query ever mixes two generations' lists; ``at``: the
+    time stamped on the segments it retires too)."""
     session.execute(
-        update(GenerationRow).where(GenerationRow.state == LIVE).values(state=RETIRED, retired=utcnow())
+        update(GenerationRow).where(GenerationRow.state == LIVE).values(state=RETIRED, retired=at or utcnow())
     )
     session.add(
         GenerationRow(
@@ -224,6 +238,7 @@ def switch_generation(session: Session, record: GenerationRecord) -> None:
             state=LIVE,
             created=utcnow(),
             dim=record.dim or None,
+            model_name=record.model_name or None,
         )
     )
     session.flush()
@@ -274,6 +289,7 @@ def _generation_record(row: GenerationRow) -> GenerationRecord:
         row.dim or 0,
         utc(row.created) if row.created is not None else None,
         utc(row.retired) if row.retired is not None else None,
+        row.model_name or "",
     )
 
 

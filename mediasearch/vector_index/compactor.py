@@ -42,6 +42,7 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.segment import load_vectors
 from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.upgrade import kept_since
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Compactor:
         min_segments: int = DEFAULTS.compact_min_segments,
         max_vectors: int = DEFAULTS.compact_max_vectors,
         gc_grace_s: float = DEFAULTS.gc_grace_s,
+        keep_s: float = DEFAULTS.generation_keep_s,
         work_dir: Path | None = None,
     ) -> None:
         self.sessions = sessions
@@ -78,6 +80,7 @@ class Compactor:
         self.min_segments = min_segments
         self.max_vectors = max_vectors
         self.gc_grace_s = gc_grace_s
+        self.keep_s = keep_s  # the generation a switch retired keeps its files this long (rollback)
         self.work_dir = work_dir
         self._held: Generation | None = None
 
@@ -199,6 +202,10 @@ class Compactor:
         with translated("collecting garbage"), self.sessions.begin() as session:
             retired = retired_before(session, cutoff)
             quantizers = retired_generations_before(session, cutoff)
+            kept = kept_since(session, self.keep_s)
+        if kept is not None:  # what a rollback returns to
+            retired = [r for r in retired if r.retired != kept[1]]
+            quantizers = [g for g in quantizers if g.number != kept[0]]
         for record in retired:
             self.store.delete(record.uri)
         for generation in quantizers:

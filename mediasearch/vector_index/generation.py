@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,8 +63,9 @@ class GenerationRecord:
     imbalance: float
     state: str = "live"
     dim: int = 0  # the vectors' width (0: not recorded, a generation built before it was)
-    created: datetime | None = None
-    retired: datetime | None = None
+    created: datetime | None = field(default=None, compare=False)  # set when read from the manifest
+    retired: datetime | None = field(default=None, compare=False)
+    model_name: str = ""  # its model's name in the model repository ("": the deployment's own)
 
 
 class Generation:

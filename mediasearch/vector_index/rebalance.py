@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict, InvalidInput
 from mediasearch.metadata.db import translated
-from mediasearch.metadata.models import LIVE, ImageRow, SegmentRow, TombstoneRow
+from mediasearch.metadata.models import LIVE, ImageRow, SegmentRow, TombstoneRow, utcnow
 from mediasearch.metadata.segment_manifest import (
     SegmentRecord,
     add_tombstones,
@@ -58,6 +58,7 @@ from mediasearch.vector_index.generation import (
 )
 from mediasearch.vector_index.segment import load_vectors
 from mediasearch.vector_index.store import SegmentStore
+from mediasearch.vector_index.upgrade import live_model
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,12 @@ class Rebalancer:
                 if len(mine):
                     add_tombstones(session, mine.tolist(), shard=shard)
                 self._rehome_images(session, ids[owners == shard], shard)
-            publish_in(session, add=staged, retire=[s.segment_id for s in live])
-            switch_generation(session, record)
+            now = utcnow()  # one time on the retired segments and generation: a rollback finds them by it
+            publish_in(session, add=staged, retire=[s.segment_id for s in live], retired_at=now)
+            serving = live_model(session)  # a reindexed model keeps its name in the repository
+            if serving is not None and serving[1] == record.model_version:
+                record = replace(record, model_name=serving[2])
+            switch_generation(session, record, at=now)
         return len(extra_ids)
 
     @staticmethod

@@ -145,3 +145,101 @@ def asyncio_run(coro):  # type: ignore[no-untyped-def]
     import asyncio
 
     return asyncio.run(coro)
+
+
+def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_old(
+    tmp_path: Path, micro_repository: Path, tiny_checkpoint: Path
+) -> None:
+    """Both models in one repository (clip: the micro CLIP; clip2: a tiny random one, 16-wide);
+    an embedded gateway serving the first; reindex, switch, rollback: the gateway encodes with the
+    live generation's model each time, every image is found exactly once, and a page token of the
+    other model is refused."""
+    import shutil
+
+    from mediasearch.client import SearchClient
+    from mediasearch.errors import InvalidInput
+    from mediasearch.export import export_model
+    from mediasearch.gateway.app import BackgroundGateway
+    from mediasearch.vector_index.store import store_from_settings
+    from mediasearch.vector_index.upgrade import rollback, switch_to
+
+    repo = tmp_path / "repo"
+    shutil.copytree(micro_repository, repo)
+    export_model(str(tiny_checkpoint), repo, "clip2")
+    gallery = tmp_path / "gallery"
+    write_gallery(gallery, SCENES, 9)
+    settings = Settings.defaults().with_overrides(
+        **embedded_settings(tmp_path / "state"), images_root=gallery, model_repository=repo,
+        shard_poll_interval_s=0.2, gateway_metrics_port=0,
+    )  # fmt: skip
+    assert index_folder(settings, gallery).indexed == SCENES
+    server = BackgroundGateway(settings, 0, http_port=-1)
+    server.start()
+    client = SearchClient(server.address, timeout_s=10)
+    try:
+        micro = client.stats().model_version
+        everything = client.search_text("two red circles", top_k=SCENES)
+        assert sorted(r.id for r in everything.results) == list(range(1, SCENES + 1))
+        token = client.search_text("two red circles", top_k=5).next_page_token
+
+        reindexed = asyncio_run(areindex(settings.with_overrides(model_name="clip2")))
+        assert reindexed.completeness.complete and reindexed.dim == 16
+        engine = make_engine(settings.database_url)
+        sessions = session_factory(engine)
+        store = store_from_settings(settings, "test")
+        with sessions.begin() as session:
+            switched = switch_to(session, store, reindexed.generation, settings.num_shards)
+        assert (switched.number, switched.previous, switched.vectors) == (reindexed.generation, 0, SCENES)
+
+        def serving(model: str) -> None:
+            deadline = time.monotonic() + 20
+            while client.stats().model_version != model:
+                assert time.monotonic() < deadline, f"the gateway did not follow to {model}"
+                time.sleep(0.1)
+            for _ in range(50):  # and the shards: the manifest followers poll too
+                try:
+                    found = client.search_text("two red circles", top_k=SCENES)
+                    break
+                except Exception:  # the shards still hold the other model's segments for a moment
+                    time.sleep(0.1)
+            assert sorted(r.id for r in found.results) == list(range(1, SCENES + 1))  # each exactly once
+
+        serving(reindexed.model_version)
+        assert client.stats().index_generation == reindexed.generation
+        with pytest.raises(InvalidInput):
+            client.search_text("two red circles", top_k=5, page_token=token)  # the old model's pages
+
+        with sessions.begin() as session:
+            back = rollback(session, store, settings.generation_keep_s, settings.num_shards)
+        assert (back.number, back.model_version, back.missing) == (0, micro, 0)
+        serving(micro)
+        assert client.stats().index_generation == 0
+        again = client.search_text("two red circles", top_k=SCENES)
+        assert [r.id for r in again.results] == [r.id for r in everything.results]
+        engine.dispose()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_the_switch_is_refused_while_an_image_is_missing_and_the_cli_switches_and_rolls_back(
+    indexed: tuple[Settings, dict[str, str]], tiny_repository: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    settings, env = indexed
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    half = asyncio_run(areindex(settings.with_overrides(model_repository=tiny_repository), Part(0, 2)))
+    number = str(half.generation)
+    assert main(["generation", "switch", number]) != 0
+    assert f"generation {number} is not complete" in capsys.readouterr().err
+    asyncio_run(areindex(settings.with_overrides(model_repository=tiny_repository), Part(1, 2)))
+    assert main(["generation", "switch", number]) == 0
+    out = capsys.readouterr().out
+    assert f"generation {number} (model {half.model_version}) is live: {SCENES} vectors" in out
+    assert main(["generation", "switch", number]) != 0  # live now, not building
+    assert "not building" in capsys.readouterr().err
+    assert main(["generation", "rollback"]) == 0
+    assert "generation 0 (model" in capsys.readouterr().out
+    assert main(["generation", "rollback"]) != 0  # the micro model is live again: nothing to return to
+    assert "no generation to roll back to" in capsys.readouterr().err
