@@ -66,6 +66,8 @@ class Gateway:
     http: HttpServer | None = None  # HTTP/JSON API and the search page (unless its port is -1)
     model_task: asyncio.Task[None] | None = None  # follows the live generation's model
     live_number: int = 0  # the live generation (0: the exact layout before any), as last read
+    _model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _retired_encoders: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
     draining: bool = False
     port: int = 0
@@ -96,9 +98,10 @@ class Gateway:
         if self.stopped:
             return
         self.stopped = self.draining = True
-        if self.model_task is not None:
-            self.model_task.cancel()
-            await asyncio.gather(self.model_task, return_exceptions=True)
+        for task in (self.model_task, *self._retired_encoders):  # a retired encoder closes now
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.server.drain(delay_s)
         if self.http is not None:
             await self.http.stop()
@@ -146,37 +149,45 @@ class Gateway:
         return 0
 
     async def follow_model(self) -> None:
-        """Encode with the live generation's model: after a switch (or a rollback) a new encoder is
-        started, checked and swapped in; the old one is closed once the searches using it are done.
-        Searches in between encode with the old model and are refused by the shards (the page
-        tokens of the old model are refused too: a model change is a new result set)."""
-        interval = self.settings.shard_poll_interval_s
+        """Encode with the live generation's model: poll it (and the query path asks at once when a
+        shard refuses a query's model, see :meth:`sync_model`)."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.shard_poll_interval_s)
             try:
-                live = await asyncio.to_thread(self._live_model)
-                self.live_number = live[0] if live is not None else 0
-                if live is None or self.search is None or live[1] == self.encoder.model_version:
-                    continue
-                wanted = self.settings.with_overrides(model_name=live[2] or self.settings.model_name)
-                fresh = create_encoder(wanted)
-                await fresh.start()
-                if fresh.model_version != live[1]:
-                    await fresh.close()
-                    log.error(
-                        "generation %d is live with model %s, but %s in the model repository is %s: "
-                        "still encoding with %s", live[0], live[1], wanted.model_name, fresh.model_version,
-                        self.encoder.model_version,
-                    )  # fmt: skip
-                    continue
-                old, self.encoder, self.search.encoder = self.encoder, fresh, fresh
-                log.info("generation %d is live: encoding with model %s", live[0], fresh.model_version)
-                try:
-                    await asyncio.sleep(max(self.settings.gateway_deadline_s, 1.0))  # searches under way
-                finally:
-                    await old.close()
+                await self.sync_model()
             except MediaSearchError as exc:
                 log.warning("cannot follow the live generation's model now: %s", exc)
+
+    async def sync_model(self) -> bool:
+        """After a switch (or a rollback): start an encoder for the live generation's model, check
+        its version, swap it in (the old one is closed once the searches using it are done). True
+        when the encoder changed. Page tokens of the old model are refused: a new result set."""
+        async with self._model_lock:
+            live = await asyncio.to_thread(self._live_model)
+            self.live_number = live[0] if live is not None else 0
+            if live is None or self.search is None or live[1] == self.encoder.model_version:
+                return False
+            wanted = self.settings.with_overrides(model_name=live[2] or self.settings.model_name)
+            fresh = create_encoder(wanted)
+            await fresh.start()
+            if fresh.model_version != live[1]:
+                await fresh.close()
+                log.error(
+                    "generation %d is live with model %s, but %s in the model repository is %s: "
+                    "still encoding with %s", live[0], live[1], wanted.model_name, fresh.model_version,
+                    self.encoder.model_version,
+                )  # fmt: skip
+                return False
+            old, self.encoder, self.search.encoder = self.encoder, fresh, fresh
+            log.info("generation %d is live: encoding with model %s", live[0], fresh.model_version)
+            self._retired_encoders.append(asyncio.create_task(self._close_later(old), name="retired encoder"))
+            return True
+
+    async def _close_later(self, encoder: Encoder) -> None:
+        try:
+            await asyncio.sleep(max(self.settings.gateway_deadline_s, 1.0))  # searches under way
+        finally:
+            await encoder.close()
 
     def _live_model(self) -> tuple[int, str, str] | None:
         with self.sessions() as session, translated("reading the live generation's model"):
@@ -242,6 +253,7 @@ async def start_gateway(
     )
     metrics.inflight.set_function(lambda: search.admission.active + search.admission.queued)
     gateway = Gateway(settings, None, metrics, encoder, router, sessions, followers, shards, search)  # type: ignore[arg-type]
+    search.refresh_model = gateway.sync_model
     authorizer = None
     if security.auth_required:
         gateway.keys = KeyCache(sessions, settings.gateway_keys_refresh_s)

@@ -25,7 +25,14 @@ import numpy as np
 
 from mediasearch.batcher import MicroBatcher
 from mediasearch.encoders.base import Encoder
-from mediasearch.errors import DeadlineExceeded, ImageError, InvalidInput, NotFound, Unavailable
+from mediasearch.errors import (
+    DeadlineExceeded,
+    ImageError,
+    InvalidInput,
+    ManifestMismatch,
+    NotFound,
+    Unavailable,
+)
 from mediasearch.gateway.admission import Admission
 from mediasearch.gateway.filters import Filters
 from mediasearch.gateway.locator import ImageLocator
@@ -39,6 +46,7 @@ from mediasearch.vector_index.shard import DEFAULT_K, SearchParams
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _GROWTH = 4
+_MODEL_RETRIES = 5  # a query's model refused by the shards: try again (the switch's poll window)
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,9 @@ class SearchEngine:
         self.limits = limits or QueryLimits.from_settings(Settings.defaults())
         self.observe_stage = observe_stage or (lambda _stage, _s: None)
         self.admission = Admission(self.limits.max_active, self.limits.max_inflight)
+        # Asked when a shard refuses a query's model (a generation switch or rollback under way):
+        # True when the encoder was swapped for the live generation's. Set by the gateway.
+        self.refresh_model: Callable[[], Awaitable[bool]] | None = None
         # Concurrent searches finish their fan-outs together (the router coalesces them), so their
         # metadata lookups arrive together too: one query serves all of them (an idle database
         # runs a lone lookup at once). Each lookup is a round trip and result parsing, which on a
@@ -206,27 +217,54 @@ class SearchEngine:
         budget = min(deadline_s or self.limits.deadline_s, self.limits.deadline_s)
         deadline = loop.time() + budget
         async with self.admission.slot(deadline):
-            started = time.perf_counter()
-            timings = Timings()
-            model = self.encoder.model_version
-            fp = fingerprint(query, top_k, page.filters, round(page.min_score, 6))
-            if page.page_token:
-                token = decode_token(
-                    page.page_token,
-                    self.limits.token_secrets,
-                    fingerprint=fp,
-                    model_version=model,
-                    dim=self.encoder.embedding_dim,
-                )
-            else:
-                vector = await self._timed(timings, "encode", encode(), deadline)
-                token = PageToken(fp, model, time.time(), float("inf"), -1, 0, vector)
-            result = await self._page(token, top_k, page, timings, deadline, exclude)
-            timings.total = time.perf_counter() - started
-            for stage in ("encode", "search", "merge", "metadata"):
-                if stage != "encode" or not page.page_token:
-                    self.observe_stage(stage, getattr(timings, stage))
-            return result
+            for attempt in range(_MODEL_RETRIES + 1):
+                try:
+                    return await self._attempt(query, encode, page, top_k, deadline, exclude)
+                except ManifestMismatch:
+                    # a switch between models under way: the shards and this gateway's encoder
+                    # disagree for a moment; a page of the other model's result set cannot go on
+                    if page.page_token:
+                        raise InvalidInput(
+                            "page_token belongs to a result set of another model: the index switched "
+                            "models since the first page; search again"
+                        ) from None
+                    if attempt == _MODEL_RETRIES:
+                        raise
+                    changed = self.refresh_model is not None and await self.refresh_model()
+                    remaining = deadline - loop.time()
+                    await asyncio.sleep(0 if changed else min(0.1 * (attempt + 1), max(remaining, 0)))
+            raise AssertionError("unreachable")
+
+    async def _attempt(
+        self,
+        query: tuple[str, object],
+        encode: Callable[[], Awaitable[np.ndarray]],
+        page: PageRequest,
+        top_k: int,
+        deadline: float,
+        exclude: int | None,
+    ) -> Page:
+        started = time.perf_counter()
+        timings = Timings()
+        model = self.encoder.model_version
+        fp = fingerprint(query, top_k, page.filters, round(page.min_score, 6))
+        if page.page_token:
+            token = decode_token(
+                page.page_token,
+                self.limits.token_secrets,
+                fingerprint=fp,
+                model_version=model,
+                dim=self.encoder.embedding_dim,
+            )
+        else:
+            vector = await self._timed(timings, "encode", encode(), deadline)
+            token = PageToken(fp, model, time.time(), float("inf"), -1, 0, vector)
+        result = await self._page(token, top_k, page, timings, deadline, exclude)
+        timings.total = time.perf_counter() - started
+        for stage in ("encode", "search", "merge", "metadata"):
+            if stage != "encode" or not page.page_token:
+                self.observe_stage(stage, getattr(timings, stage))
+        return result
 
     async def _page(
         self,

@@ -226,9 +226,10 @@ class Shard:
         catch up with the manifest at slightly different times), the shard probes its own copy
         of the quantizer and scans the probed lists it owns."""
         view = self._view  # one read: this query uses this view to the end, whatever apply does
-        queries = _check_queries(queries, view)
+        # the model first: a query of another model (a switch under way) is that, not a bad width
         if model_version and any(s.record.model_version != model_version for s in view.segments):
             raise ManifestMismatch(f"shard {self.shard_id} does not serve model version {model_version}")
+        queries = _check_queries(queries, view)
         empty = np.full((len(queries), params.k), -1, dtype=np.int64)
         if not view.segments:
             return np.full(empty.shape, -np.inf, dtype=np.float32), empty

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +188,19 @@ def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_o
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
         store = store_from_settings(settings, "test")
+        searching, failures, models = threading.Event(), [], []
+
+        def search_all_along() -> None:  # another caller, searching through the switch and back
+            other = SearchClient(server.address, timeout_s=10)
+            while not searching.is_set():
+                try:
+                    models.append(other.search_text("three yellow stars", top_k=5).model_version)
+                except Exception as exc:
+                    failures.append(repr(exc))
+            other.close()
+
+        searcher = threading.Thread(target=search_all_along)
+        searcher.start()
         with sessions.begin() as session:
             switched = switch_to(session, store, reindexed.generation, settings.num_shards)
         assert (switched.number, switched.previous, switched.vectors) == (reindexed.generation, 0, SCENES)
@@ -196,12 +210,8 @@ def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_o
             while client.stats().model_version != model:
                 assert time.monotonic() < deadline, f"the gateway did not follow to {model}"
                 time.sleep(0.1)
-            for _ in range(50):  # and the shards: the manifest followers poll too
-                try:
-                    found = client.search_text("two red circles", top_k=SCENES)
-                    break
-                except Exception:  # the shards still hold the other model's segments for a moment
-                    time.sleep(0.1)
+            time.sleep(0.5)  # the searching thread gets some answers of this model too
+            found = client.search_text("two red circles", top_k=SCENES)
             assert sorted(r.id for r in found.results) == list(range(1, SCENES + 1))  # each exactly once
 
         serving(reindexed.model_version)
@@ -216,6 +226,11 @@ def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_o
         assert client.stats().index_generation == 0
         again = client.search_text("two red circles", top_k=SCENES)
         assert [r.id for r in again.results] == [r.id for r in everything.results]
+        searching.set()
+        searcher.join(timeout=30)
+        assert failures == [] and len(models) > 10  # no search failed across the switch and back
+        changes = [m for i, m in enumerate(models) if i == 0 or m != models[i - 1]]
+        assert changes == [micro, reindexed.model_version, micro]  # never the other model again
         engine.dispose()
     finally:
         client.close()
