@@ -7,7 +7,7 @@ MODEL  ?= export/micro/model
 OUT    ?= model_repository
 NAME   ?= clip
 
-.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit bench-http
+.PHONY: help install lint test test-fast demo up export train-micro eval-micro bench-encode-local triton bench-encoders clean proto bench-index bench-query bench-ingest bench-decode bench-decode-memory chaos soak chart lock image image-test image-export wheelhouse fuzz audit bench-http bench-reindex
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ bench-encoders: $(STAMP)  ## naive ONNX Runtime vs LocalEncoder vs TritonEncoder
 
 bench-ingest: $(STAMP) proto  ## a realistic bucket (12 Mpx JPEGs, screenshots, WebP): S3 PUT -> SQS -> indexer (Triton) -> searchable, vs the raw encoder
 	$(BIN)/python -m bench.ingest $(ARGS)
+
+bench-reindex: $(STAMP) proto  ## a model upgrade under searches: mediasearch reindex with a ViT-B/32-shaped second model, the switch; failed/wrong searches, vs the raw encoder
+	$(BIN)/python -m bench.reindex $(ARGS)
 
 bench-decode: $(STAMP)  ## reduced vs exact decoding of large photos: pixel and embedding differences, speed
 	$(BIN)/python -m bench.decode_fidelity $(ARGS)
