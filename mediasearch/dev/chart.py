@@ -2,9 +2,10 @@
 
 ``python -m mediasearch.dev.chart`` (``make chart``) renders every profile of ``helm/mediasearch``
 (``values.yaml``: GPU production; ``profiles/cpu.yaml``; ``profiles/minimal.yaml``) with
-``helm-python-sdk`` (Helm's Go library; Debian has no ``helm``), checks each profile's values
-against ``values.schema.json``, validates every document with ``kubernetes-validate`` in strict
-mode, applies the chart's policies (:func:`policy_problems`), runs ``checkov`` (from its own venv,
+``helm-python-sdk`` (Helm's Go library; Debian has no ``helm``), and once more the GPU profile
+with the one-off Jobs (backfill, reindex: :data:`ONE_OFF_JOBS`) enabled; checks the values against
+``values.schema.json``, validates every document with ``kubernetes-validate`` in strict mode,
+applies the chart's policies (:func:`policy_problems`), runs ``checkov`` (from its own venv,
 ``.venv-checkov``) and, with ``--wiring``, the wiring test (:mod:`mediasearch.dev.chart_wiring`).
 It ends with one line::
 
@@ -44,6 +45,12 @@ EXAMPLE_VALUES: dict[str, Any] = {
     "model": {"repository": "s3://example-models/clip-vit-b-32"},
     "index": {"segmentStoreUrl": "s3://example-index/segments"},
     "indexer": {"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/mediasearch-events"},
+}
+# The one-off Jobs no profile enables (an operator turns them on for an upgrade or two), checked
+# as the GPU profile's release with both on ("gpu+jobs").
+ONE_OFF_JOBS: dict[str, Any] = {
+    "backfill": {"enabled": True, "url": "s3://example-images/photos"},
+    "reindex": {"enabled": True, "modelName": "clip2"},
 }
 # Custom resources of optional integrations: no schema ships with kubernetes-validate for them.
 CRD_KINDS = frozenset({"ServiceMonitor", "ScaledObject", "TriggerAuthentication"})
@@ -218,17 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(logging.INFO)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     documents = schema = validate = policy = failed = 0
-    for profile in PROFILES:
-        docs = render(profile)
+    checked: list[tuple[str, str, Mapping[str, Any] | None]] = [
+        *((p, p, None) for p in PROFILES),
+        ("gpu+jobs", "gpu", ONE_OFF_JOBS),
+    ]
+    for label, profile, extra in checked:
+        docs = render(profile, extra)
         documents += len(docs)
         for kind, errors in (
-            ("schema", schema_errors(profile_values(profile))),
+            ("schema", schema_errors(profile_values(profile, extra))),
             ("validate", validation_errors(docs)),
             ("policy", policy_problems(docs)),
             ("checkov", [] if args.no_checkov else checkov_failures(docs)),
         ):
             for error in errors:
-                sys.stdout.write(f"{profile}: {kind}: {error}\n")
+                sys.stdout.write(f"{label}: {kind}: {error}\n")
             schema += len(errors) if kind == "schema" else 0
             validate += len(errors) if kind == "validate" else 0
             policy += len(errors) if kind == "policy" else 0

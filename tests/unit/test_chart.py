@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 import pytest
@@ -83,6 +84,12 @@ SCHEMA_RULES = [
     ({"shards": {"replicas": 0}}, "shards/replicas"),
     ({"compactor": {"every": 0}}, "compactor/every"),
     ({"backfill": {"enabled": True, "url": ""}}, "backfill/url"),
+    ({"reindex": {"enabled": True, "modelName": ""}}, "reindex/modelName"),
+    ({"reindex": {"enabled": True, "modelName": "CLIP 2"}}, "reindex/modelName"),
+    ({"reindex": {"parts": 0}}, "reindex/parts"),
+    ({"reindex": {"backoffLimit": -1}}, "reindex/backoffLimit"),
+    ({"reindex": {"parralelism": 2}}, "parralelism"),
+    ({"model": {"others": ["clip2", "clip2"]}}, "model/others"),
     ({"config": {"DATABASE_URL": "postgresql://u:p@db/x"}}, "DATABASE_URL"),
     ({"config": {"search_nprobe": "8"}}, "search_nprobe"),
     ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
@@ -135,7 +142,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_mediasearch_container_runs_a_real_subcommand_with_real_options(profile: str) -> None:
     commands = _subcommands()
-    docs = chart.render(profile, {"backfill": {"enabled": True, "url": "s3://example-images/photos"}})
+    docs = chart.render(profile, chart.ONE_OFF_JOBS)
     checked = 0
     for name, container in containers(docs):
         if container["image"].startswith("nvcr.io/"):
@@ -233,7 +240,7 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade() -> None:
     not chart.CHECKOV.exists(), reason="checkov is installed by `make test` into .venv-checkov"
 )
 def test_checkov_finds_nothing_it_was_not_told_why() -> None:
-    docs = [d for p in PROFILES for d in chart.render(p)]
+    docs = [d for p in PROFILES for d in chart.render(p)] + chart.render("gpu", chart.ONE_OFF_JOBS)
     assert chart.checkov_failures(docs) == []
 
 
@@ -385,11 +392,15 @@ def test_the_gateways_worst_image_decodes_fit_its_memory_limit() -> None:
     assert limit.endswith("Gi") and worst < 0.75 * int(limit[:-2]) * 2**30, (worst / 2**20, limit)
 
 
-def test_the_indexers_worst_image_decodes_and_downloads_fit_its_memory_limit() -> None:
+@pytest.mark.parametrize(
+    ("kind", "name"), [("Deployment", "ms-mediasearch-indexer"), ("Job", "ms-mediasearch-reindex-1")]
+)
+def test_the_indexers_worst_image_decodes_and_downloads_fit_its_memory_limit(kind: str, name: str) -> None:
+    """The indexer's, and the reindex Job's (the indexer's pipeline too)."""
     from mediasearch.preprocess.image import DecodeLimits, max_decode_bytes
 
-    docs = chart.render("gpu")
-    pod = by_kind(docs, "Deployment")["ms-mediasearch-indexer"]["spec"]["template"]["spec"]
+    docs = chart.render("gpu", chart.ONE_OFF_JOBS)
+    pod = by_kind(docs, kind)[name]["spec"]["template"]["spec"]
     indexer = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in indexer["env"]}
     workers = int(env["MEDIASEARCH_IMAGE_DECODE_WORKERS"])
@@ -401,3 +412,84 @@ def test_the_indexers_worst_image_decodes_and_downloads_fit_its_memory_limit() -
     worst = workers * max_decode_bytes(limits) + downloads + 2**30  # + the processes themselves
     limit = indexer["resources"]["limits"]["memory"]
     assert limit.endswith("Gi") and worst < int(limit[:-2]) * 2**30, (worst / 2**20, limit)
+
+
+REINDEX = {"reindex": {"enabled": True, "modelName": "clip2", "parts": 6, "parallelism": 3}}
+
+
+def _pod(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]
+
+
+def _expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """``$(VAR)`` in a container's arguments, as the kubelet expands them from its environment."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in args]
+
+
+def _pulled_models(pod: dict[str, Any], config: dict[str, str]) -> list[str]:
+    """The model names a pod's pull-model init containers copy (parsed as the CLI parses them)."""
+    pull = _subcommands()["pull-model"]
+    return [
+        pull.parse_args(c["args"][1:]).name or config["MEDIASEARCH_MODEL_NAME"]
+        for c in pod.get("initContainers", [])
+        if c["args"][0] == "pull-model"
+    ]
+
+
+def test_the_reindex_job_runs_every_part_with_the_new_model_as_the_indexer_runs() -> None:
+    from mediasearch.indexer.reindex import Part
+
+    docs = chart.render("gpu", REINDEX)
+    config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
+    job = by_kind(docs, "Job")["ms-mediasearch-reindex-1"]
+    spec, pod = job["spec"], _pod(job)
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 6, 3)
+    assert spec["backoffLimitPerIndex"] == 3 and spec["ttlSecondsAfterFinished"] > 0
+    assert pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    parts = set()
+    for index in range(spec["completions"]):  # what each pod's arguments become
+        args = _expand(container["args"], {**config, "JOB_COMPLETION_INDEX": str(index)})
+        parsed = _subcommands()[args[0]].parse_args(args[1:])
+        assert (parsed.model_name, parsed.no_progress) == ("clip2", True)
+        repository = str(parsed.model_repository)  # the folder the init containers fill
+        assert repository == config["MEDIASEARCH_MODEL_REPOSITORY"] and repository in mounts
+        parts.add(Part.parse(parsed.part))
+    assert parts == {Part(i, 6) for i in range(6)}  # every id mod 6 once
+    assert "clip2" in _pulled_models(pod, config)  # its manifest and tokenizer where it reads them
+
+    indexer = _pod(by_kind(docs, "Deployment")["ms-mediasearch-indexer"])["containers"][0]
+    assert container["envFrom"] == indexer["envFrom"]
+    assert [e["name"] for e in container["env"]] == [e["name"] for e in indexer["env"]]
+    for key in ("securityContext", "volumeMounts"):
+        assert container[key] == indexer[key], key
+    assert pod["volumes"] == _pod(by_kind(docs, "Deployment")["ms-mediasearch-indexer"])["volumes"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert (
+        labels["app.kubernetes.io/component"]
+        == job["metadata"]["labels"]["app.kubernetes.io/component"]
+        == "reindex"
+    )
+    assert _admits(by_kind(docs, "NetworkPolicy")["ms-mediasearch-triton"], labels, 8001)
+    assert chart.validation_errors(docs) == [] and chart.policy_problems(docs) == []
+
+
+def test_every_encoding_pod_holds_the_files_of_every_model_a_switch_or_rollback_may_make_live() -> None:
+    docs = chart.render("gpu", {**REINDEX, "model": {"others": ["clip1"]}})
+    config = by_kind(docs, "ConfigMap")["ms-mediasearch-config"]["data"]
+    for name in ("ms-mediasearch-gateway", "ms-mediasearch-indexer"):
+        assert _pulled_models(_pod(by_kind(docs, "Deployment")[name]), config) == ["clip", "clip1", "clip2"]
+    # after the switch: the Job off, the new model kept in model.others
+    docs = chart.render(
+        "gpu", {"reindex": {"enabled": False, "modelName": "clip2"}, "model": {"others": ["clip2"]}}
+    )
+    gateway = _pod(by_kind(docs, "Deployment")["ms-mediasearch-gateway"])
+    assert _pulled_models(gateway, config) == ["clip", "clip2"]
+
+
+def test_the_reindex_job_is_not_rendered_unless_enabled() -> None:
+    docs = chart.render("gpu", {"reindex": {"modelName": "clip2"}})
+    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "reindex"]
+    gateway = _pod(by_kind(docs, "Deployment")["ms-mediasearch-gateway"])
+    assert [c["name"] for c in gateway["initContainers"]] == ["pull-model"]

@@ -121,21 +121,37 @@ env:
         key: {{ .Values.database.urlKey }}
 {{- end -}}
 
-{{/* The model's manifest and tokenizer for a service, copied from S3 before it starts. */}}
+{{/* Every model a mediasearch pod may encode with, each a name in model.repository: model.name,
+model.others, and reindex.modelName while the reindex Job is enabled. Gateways and indexers encode
+with the live generation's model (its name in the database), so they must hold each one's files
+before a switch or a rollback reaches them. usage: include "mediasearch.modelNames" . | fromJsonArray */}}
+{{- define "mediasearch.modelNames" -}}
+{{- $names := concat (list .Values.model.name) .Values.model.others -}}
+{{- if .Values.reindex.enabled -}}
+{{- $names = append $names (required "reindex.modelName is required: the new model's name in model.repository" .Values.reindex.modelName) -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end -}}
+
+{{/* The models' manifests and tokenizers for a service, copied from S3 before it starts: one init
+container per name of mediasearch.modelNames (the first, model.name, is "pull-model"). */}}
 {{- define "mediasearch.pullModel" -}}
-- name: pull-model
-  image: {{ include "mediasearch.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  args: [pull-model, {{ required "model.repository is required: s3://bucket/prefix" .Values.model.repository | quote }}]
-  {{- include "mediasearch.env" . | nindent 2 }}
+{{- $root := . -}}
+{{- range $i, $name := include "mediasearch.modelNames" . | fromJsonArray }}
+- name: {{ ternary "pull-model" (printf "pull-model-%d" $i) (eq $i 0) }}
+  image: {{ include "mediasearch.image" $root }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  args: [pull-model, {{ required "model.repository is required: s3://bucket/prefix" $root.Values.model.repository | quote }}{{ if $i }}, --name, {{ $name | quote }}{{ end }}]
+  {{- include "mediasearch.env" $root | nindent 2 }}
   securityContext:
-    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
   resources:
     requests: {cpu: 50m, memory: 128Mi}
     limits: {cpu: 500m, memory: 256Mi}
   volumeMounts:
     - {name: models, mountPath: /models}
     - {name: tmp, mountPath: /tmp}
+{{- end }}
 {{- end -}}
 
 {{- define "mediasearch.volumes" -}}
