@@ -68,7 +68,7 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
-from mediasearch.vector_index.upgrade import live_model
+from mediasearch.vector_index.upgrade import add_staged, live_model
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,9 @@ class Committer:
         generation = self._live_generation()
         number = generation.number if generation is not None else 0
         encoded = [it for it in live if it.vector is not None]
+        shadow = self._stage_shadow(live)
         if not encoded:
-            return Staged(number, [])
+            return Staged(number, [], shadow)
         ids = np.array([it.image_id for it in encoded], dtype=np.int64)
         vectors = np.stack([it.vector for it in encoded if it.vector is not None]).astype(np.float32)
         lists = None
@@ -209,7 +210,26 @@ class Committer:
             )
             out.append((record, [it for it, m in zip(encoded, mask, strict=True) if m]))
         _stage("staged", len(encoded), len(out))
-        return Staged(number, out)
+        return Staged(number, out, shadow)
+
+    def _stage_shadow(self, live: list[Item]) -> tuple[int, list[SegmentRecord]] | None:
+        """Dual write: the vectors of the generation being built, one segment per shard."""
+        written = [it for it in live if it.shadow is not None and it.vector is not None]
+        if not written:
+            return None
+        number, version, _ = written[0].shadow  # type: ignore[misc]
+        written = [it for it in written if it.shadow is not None and it.shadow[0] == number]
+        ids = np.array([it.image_id for it in written], dtype=np.int64)
+        vectors = np.stack([it.shadow[2] for it in written if it.shadow is not None]).astype(np.float32)
+        shards = self.partitioner.shards_for(ids, np.array([_created(it).timestamp() for it in written]))
+        records = [
+            stage_segment(
+                self.store, vectors[shards == shard], ids[shards == shard], shard=int(shard),
+                model_version=version, config=self.config, work_dir=self.work_dir,
+            )
+            for shard in sorted(set(shards.tolist()))
+        ]  # fmt: skip
+        return number, records
 
     def _live_generation(self) -> Generation | None:
         """The live index generation, its quantizer loaded once and reused while it stays live."""
@@ -264,6 +284,10 @@ class Committer:
                 if it.vector is None and it.image_id is not None and it.image_id not in stale:
                     mark_failed(session, it.image_id, it.error or "unknown error")
             publish_in(session, add=[record for record, _ in records])
+            if staged.shadow is not None and not add_staged(session, staged.shadow[1], staged.shadow[0]):
+                log.info(
+                    "indexer: generation %d is no longer being built: its vectors dropped", staged.shadow[0]
+                )
             for bucket, key in sorted(
                 {(it.event.bucket, it.event.key) for it in live if it.image_id not in stale}
             ):
@@ -293,10 +317,12 @@ class Committer:
 
 @dataclass(frozen=True)
 class Staged:
-    """Step 2's output: segments (with their items) placed by index generation ``generation``."""
+    """Step 2's output: segments (with their items) placed by index generation ``generation``,
+    and, with dual write, the segments of the generation being built (its number, them)."""
 
     generation: int
     records: list[tuple[SegmentRecord, list[Item]]]
+    shadow: tuple[int, list[SegmentRecord]] | None = None
 
 
 def _created(it: Item) -> datetime:

@@ -30,6 +30,8 @@ class Item:
     width: int | None = None
     height: int | None = None
     vector: NDArray[np.float32] | None = None
+    # dual write: (the generation being built, its model's version, this image's vector by it)
+    shadow: tuple[int, str, NDArray[np.float32]] | None = None
     error: str | None = None  # why the object cannot be indexed (recorded as FAILED)
     outcome: Outcome | None = None  # set early for events that need no database record
     image_id: int | None = None

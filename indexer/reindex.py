@@ -40,8 +40,8 @@ from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallba
 from mediasearch.indexer.service import s3_client
 from mediasearch.indexer.source import Delivery, ListedSource
 from mediasearch.metadata.db import migrated_engine, session_factory, translated
-from mediasearch.metadata.models import INDEXED, GenerationRow, ImageRow, SegmentRow, utcnow
-from mediasearch.metadata.segment_manifest import next_generation_number
+from mediasearch.metadata.models import INDEXED, GenerationRow, ImageRow, utcnow
+from mediasearch.metadata.segment_manifest import lock_generations, next_generation_number
 from mediasearch.objects import FolderObjects, ObjectReader, S3Objects, StoredObject
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
@@ -50,8 +50,8 @@ from mediasearch.vector_index.segment import IDS_FILE
 from mediasearch.vector_index.store import SegmentStore, store_from_settings
 from mediasearch.vector_index.upgrade import (
     BUILDING,
-    STAGED,
     Completeness,
+    add_staged,
     check_completeness,
     staged_segments,
 )
@@ -85,6 +85,7 @@ def building_generation(session: Session, model_version: str, dim: int, model_na
     """The number of the generation building for ``model_version`` (made now if there is none;
     ``model_name``: the model's name in the repository, where gateways will find its encoder)."""
     with translated("reading the building generation"):
+        lock_generations(session)  # parts starting together make one generation, not one each
         rows = list(session.scalars(select(GenerationRow).where(GenerationRow.state == BUILDING)))
         other = [r for r in rows if r.model_version != model_version]
         if other:
@@ -208,14 +209,8 @@ class ReindexCommitter(Committer):
             )  # fmt: skip
             records.append(record)
         with translated("recording staged segments"), self.sessions.begin() as session:
-            for rec in records:
-                session.add(
-                    SegmentRow(
-                        id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
-                        model_version=rec.model_version, index_type=rec.index_type, state=STAGED,
-                        created=utcnow(), generation=self.generation_number,
-                    )
-                )  # fmt: skip
+            if not add_staged(session, records, self.generation_number):
+                raise Conflict(f"generation {self.generation_number} is no longer building (switched?)")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.image_bytes import probe_image
 from mediasearch.errors import Conflict, MediaSearchError, ModelChanged, NotFound
 from mediasearch.indexer.commit import Committer, stages
+from mediasearch.indexer.dual_write import ShadowEncoder
 from mediasearch.indexer.events import ObjectEvent
 from mediasearch.indexer.items import IndexReport, Item
 from mediasearch.indexer.metrics import IndexerMetrics
@@ -90,7 +91,9 @@ class Pipeline:
         *,
         progress: ProgressCallback | None = None,
         metrics: IndexerMetrics | None = None,
+        shadow: ShadowEncoder | None = None,
     ) -> None:
+        self.shadow = shadow  # dual write: the model of a generation being built, when there is one
         self.source = source
         self.objects = objects
         self.encoder = encoder
@@ -363,15 +366,16 @@ class Pipeline:
                 try:
                     with self.metrics.timed("encode"):
                         if todo:
-                            vectors = await self.encoder.encode_pixels(
-                                np.stack([it.pixels for it in todo if it.pixels is not None])
-                            )
+                            pixels = np.stack([it.pixels for it in todo if it.pixels is not None])
+                            vectors = await self.encoder.encode_pixels(pixels)
                             for it, vec in zip(todo, vectors, strict=True):
                                 it.vector = vec
+                            await self._dual_write(todo, pixels=pixels)
                         if files:  # decoded by the encoder's server; a bad file fails alone
                             got = await self.encoder.encode_images([it.encoded or b"" for it in files])
                             for it, vec, err in zip(files, got.vectors, got.errors, strict=True):
                                 it.vector, it.error = (vec, None) if err is None else (None, str(err))
+                            await self._dual_write([it for it in files if it.vector is not None])
                 except MediaSearchError as exc:
                     log.warning(
                         "indexer: encoding %d images failed, will retry: %s", len(todo) + len(files), exc
@@ -383,6 +387,24 @@ class Pipeline:
         finally:
             gate.release()
         await q_commit.put(batch)
+
+    async def _dual_write(self, items: list[Item], *, pixels: Any = None) -> None:
+        """The same images through the model of the generation being built (if any): a failure
+        leaves them out of it (the reindex, run again, takes them), never fails them."""
+        shadow = await self.shadow.current() if self.shadow is not None and items else None
+        if shadow is None:
+            return
+        try:
+            if pixels is not None:
+                vectors = list(await shadow.encoder.encode_pixels(pixels))
+            else:
+                got = await shadow.encoder.encode_images([it.encoded or b"" for it in items])
+                vectors = [v if e is None else None for v, e in zip(got.vectors, got.errors, strict=True)]
+        except MediaSearchError as exc:
+            log.warning("indexer: %d images not written to generation %d: %s", len(items), shadow.number, exc)
+            return
+        for it, vec in zip(items, vectors, strict=True):
+            it.shadow = (shadow.number, shadow.encoder.model_version, vec) if vec is not None else None
 
     # -- commit + acknowledge ------------------------------------------------------------------
     async def _commit_loop(self, q_commit: asyncio.Queue[Any]) -> None:

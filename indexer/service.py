@@ -15,6 +15,7 @@ from mediasearch import aws
 from mediasearch.encoders.base import Encoder
 from mediasearch.encoders.factory import create_encoder
 from mediasearch.indexer.commit import Committer
+from mediasearch.indexer.dual_write import ShadowEncoder
 from mediasearch.indexer.items import IndexReport
 from mediasearch.indexer.metrics import IndexerMetrics
 from mediasearch.indexer.runner import Pipeline, PipelineOptions, ProgressCallback
@@ -67,6 +68,8 @@ async def run_pipeline(
             encoder.model_version,
             objects=objects,
         )
+        shadow = ShadowEncoder(settings, session_factory(engine), encoder)  # dual write during a reindex
+        cleanup.push_async_callback(shadow.close)
         pipeline = Pipeline(
             source,
             objects,
@@ -75,5 +78,6 @@ async def run_pipeline(
             PipelineOptions.from_settings(settings),
             progress=progress,
             metrics=metrics,
+            shadow=shadow,
         )
         return await pipeline.run(stop, idle_exit_s)

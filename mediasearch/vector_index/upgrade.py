@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mediasearch.errors import Conflict, NotFound
 from mediasearch.metadata.db import translated, utc
 from mediasearch.metadata.models import INDEXED, LIVE, RETIRED, GenerationRow, ImageRow, SegmentRow, utcnow
-from mediasearch.metadata.segment_manifest import add_tombstones, lock_generations, notify_all
+from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, lock_generations, notify_all
 from mediasearch.settings import Settings
 from mediasearch.vector_index.segment import IDS_FILE
 from mediasearch.vector_index.store import SegmentStore
@@ -100,6 +101,29 @@ def _completeness(session: Session, held: list[tuple[int, np.ndarray]]) -> Compl
         doubled=sorted(i for i, n in counts.items() if n > 1),
         gone=len(counts.keys() - indexed),
     )
+
+
+def add_staged(session: Session, records: Sequence[SegmentRecord], number: int) -> bool:
+    """Record ``records`` as staged segments of building generation ``number``, in the caller's
+    transaction; False (nothing recorded: the files become orphans) when it is no longer building."""
+    row = session.get(GenerationRow, number)
+    if row is None or row.state != BUILDING:
+        return False
+    for rec in records:
+        session.add(
+            SegmentRow(
+                id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
+                model_version=rec.model_version, index_type=rec.index_type, state=STAGED,
+                created=utcnow(), generation=number,
+            )
+        )  # fmt: skip
+    session.flush()
+    return True
+
+
+def building(session: Session) -> GenerationRow | None:
+    """The generation a reindex is building, if any (at most one: a second model is refused)."""
+    return session.scalars(select(GenerationRow).where(GenerationRow.state == BUILDING)).first()
 
 
 def staged_segments(session: Session, number: int) -> list[SegmentRow]:

@@ -21,11 +21,12 @@ from mediasearch.errors import Conflict
 from mediasearch.export.micro.scenes import write_gallery
 from mediasearch.gateway.app import embedded_settings
 from mediasearch.indexer.folder import index_folder
-from mediasearch.indexer.reindex import STAGED, Part, areindex, building_generation
+from mediasearch.indexer.reindex import Part, areindex, building_generation
 from mediasearch.metadata.db import make_engine, session_factory
 from mediasearch.metadata.models import SegmentRow
 from mediasearch.metadata.segment_manifest import list_generations, load_shard_manifest
 from mediasearch.settings import Settings
+from mediasearch.vector_index.upgrade import STAGED
 
 SCENES = 60
 
@@ -258,3 +259,60 @@ def test_the_switch_is_refused_while_an_image_is_missing_and_the_cli_switches_an
     assert "generation 0 (model" in capsys.readouterr().out
     assert main(["generation", "rollback"]) != 0  # the micro model is live again: nothing to return to
     assert "no generation to roll back to" in capsys.readouterr().err
+
+
+def _micro_twin(folder: Path) -> Path:
+    """The micro CLIP's shape and tokenizer with other (seeded random) weights: a second model with
+    the same image contract, so the indexer's decoded pixels serve both (dual write)."""
+    import shutil
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from mediasearch.export.micro import MODEL_DIR
+
+    shutil.copytree(MODEL_DIR, folder)
+    torch.manual_seed(5)
+    CLIPModel(CLIPConfig.from_pretrained(str(MODEL_DIR))).eval().save_pretrained(str(folder))
+    return folder
+
+
+def test_images_indexed_while_a_reindex_builds_are_written_into_it_too(
+    tmp_path: Path, micro_repository: Path
+) -> None:
+    """Dual write: the indexer encodes each new image with the building generation's model as well
+    and stages it there, so the switch needs no second reindex pass; a removed one is tombstoned."""
+    import shutil
+
+    from mediasearch.export import export_model
+    from mediasearch.vector_index.store import store_from_settings
+    from mediasearch.vector_index.upgrade import switch_to
+
+    repo = tmp_path / "repo"
+    shutil.copytree(micro_repository, repo)
+    export_model(str(_micro_twin(tmp_path / "twin")), repo, "clip2")
+    gallery = tmp_path / "gallery"
+    write_gallery(gallery, SCENES, 3)
+    late = tmp_path / "late"
+    late.mkdir()
+    for path in sorted(gallery.glob("*.jpg"))[SCENES // 2 :]:  # the second half arrives later
+        shutil.move(path, late / path.name)
+    settings = Settings.defaults().with_overrides(
+        **embedded_settings(tmp_path / "state"), images_root=gallery, model_repository=repo
+    )
+    assert index_folder(settings, gallery).indexed == SCENES // 2
+    first = asyncio_run(areindex(settings.with_overrides(model_name="clip2")))
+    assert first.completeness.complete and first.report.indexed == SCENES // 2
+    for path in sorted(late.glob("*.jpg")):  # ingested while the generation builds
+        shutil.move(path, gallery / path.name)
+    assert index_folder(settings, gallery).indexed == SCENES // 2
+    removed = sorted(gallery.glob("*.jpg"))[-1]
+    removed.unlink()
+    assert index_folder(settings, gallery, prune=True).removed == 1
+    engine = make_engine(settings.database_url)
+    with session_factory(engine).begin() as session:
+        switched = switch_to(
+            session, store_from_settings(settings, "test"), first.generation, settings.num_shards
+        )
+    assert (switched.vectors, switched.tombstoned) == (SCENES - 1, 1)  # no second pass needed
+    engine.dispose()
