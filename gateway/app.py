@@ -44,7 +44,7 @@ from mediasearch.vector_index.follower import GenerationFollower, ManifestFollow
 from mediasearch.vector_index.router import Router, make_router
 from mediasearch.vector_index.shard import Shard
 from mediasearch.vector_index.store import store_from_settings
-from mediasearch.vector_index.upgrade import live_model, live_model_settings
+from mediasearch.vector_index.upgrade import live_model, live_model_settings, reindex_progress
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Gateway:
     http: HttpServer | None = None  # HTTP/JSON API and the search page (unless its port is -1)
     model_task: asyncio.Task[None] | None = None  # follows the live generation's model
     live_number: int = 0  # the live generation (0: the exact layout before any), as last read
+    reindex: tuple[int, str, int] | None = None  # a generation being built, as last read
     _model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _retired_encoders: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
@@ -136,6 +137,9 @@ class Gateway:
             model_version=self.encoder.model_version,
             mode=self.mode,
             index_generation=self._generation_number(),
+            reindex_generation=self.reindex[0] if self.reindex else 0,
+            reindex_model_version=self.reindex[1] if self.reindex else "",
+            reindex_vectors=self.reindex[2] if self.reindex else 0,
         )
 
     def _generation_number(self) -> int:
@@ -191,6 +195,7 @@ class Gateway:
 
     def _live_model(self) -> tuple[int, str, str] | None:
         with self.sessions() as session, translated("reading the live generation's model"):
+            self.reindex = reindex_progress(session)
             return live_model(session)
 
 

@@ -273,8 +273,17 @@ def live_model(session: Session) -> tuple[int, str, str] | None:
     return (row.number, row.model_version, row.model_name or "") if row is not None else None
 
 
-def count_building(session: Session) -> int:
-    return int(session.scalar(select(func.count()).where(GenerationRow.state == BUILDING)) or 0)
+def reindex_progress(session: Session) -> tuple[int, str, int] | None:
+    """(number, model version, vectors staged so far) of the generation being built, if any."""
+    row = building(session)
+    if row is None:
+        return None
+    staged = session.scalar(
+        select(func.sum(SegmentRow.count)).where(
+            SegmentRow.generation == row.number, SegmentRow.state == STAGED
+        )
+    )
+    return row.number, row.model_version, int(staged or 0)
 
 
 def live_model_settings(settings: Settings, sessions: sessionmaker[Session]) -> Settings:

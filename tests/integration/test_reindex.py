@@ -186,6 +186,12 @@ def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_o
 
         reindexed = asyncio_run(areindex(settings.with_overrides(model_name="clip2")))
         assert reindexed.completeness.complete and reindexed.dim == 16
+        deadline = time.monotonic() + 10
+        while client.stats().reindex_vectors != SCENES:  # Stats shows the reindex in progress
+            assert time.monotonic() < deadline, client.stats()
+            time.sleep(0.1)
+        assert client.stats().reindex_generation == reindexed.generation
+        assert client.stats().reindex_model_version == reindexed.model_version
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
         store = store_from_settings(settings, "test")
@@ -217,6 +223,7 @@ def test_a_gateway_follows_the_switch_to_the_new_model_and_the_rollback_to_the_o
 
         serving(reindexed.model_version)
         assert client.stats().index_generation == reindexed.generation
+        assert client.stats().reindex_generation == 0  # built: nothing in progress
         with pytest.raises(InvalidInput):
             client.search_text("two red circles", top_k=5, page_token=token)  # the old model's pages
 
