@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     switch.add_argument("number", type=int, help="the generation (mediasearch generation list)")
+    give_up = actions.add_parser(
+        "abandon",
+        parents=[common],
+        help="give up the generation a reindex is building (its staged files are garbage-collected)",
+    )
+    give_up.add_argument("number", type=int, help="the building generation (mediasearch generation list)")
     back = actions.add_parser(
         "rollback",
         parents=[common],
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_overrides(database_url=args.database_url)
     if args.action in ("switch", "rollback"):
         return _switch(args, settings)
+    if args.action == "abandon":
+        return _abandon(args, settings)
     with migrated_engine(settings.database_url) as engine, session_factory(engine)() as session:
         generations = list_generations(session)
         exact = exact_layout(session)
@@ -120,3 +128,19 @@ def _print(generations: list[Any], exact: dict[str, int]) -> None:
         console.print(table)
     for version, count in sorted(exact.items()):
         console.print(f"exact layout (no generation): {count:,} vectors of model {version}")
+
+
+def _abandon(args: argparse.Namespace, settings: Settings) -> int:
+    from mediasearch.metadata.db import migrated_engine, session_factory, translated
+    from mediasearch.vector_index.upgrade import abandon
+
+    with (
+        migrated_engine(settings.database_url) as engine,
+        translated("abandoning a generation"),
+        session_factory(engine).begin() as session,
+    ):
+        held = abandon(session, args.number)
+    print(
+        f"generation {args.number} abandoned: its {held:,} staged vectors are deleted after the grace period"
+    )
+    return 0

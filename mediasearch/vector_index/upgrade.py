@@ -36,7 +36,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.errors import Conflict, NotFound
 from mediasearch.metadata.db import translated, utc
-from mediasearch.metadata.models import INDEXED, LIVE, RETIRED, GenerationRow, ImageRow, SegmentRow, utcnow
+from mediasearch.metadata.models import (
+    DELETED,
+    INDEXED,
+    LIVE,
+    RETIRED,
+    GenerationRow,
+    ImageRow,
+    SegmentRow,
+    utcnow,
+)
 from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, lock_generations, notify_all
 from mediasearch.settings import Settings
 from mediasearch.vector_index.segment import IDS_FILE
@@ -271,6 +280,23 @@ def live_model(session: Session) -> tuple[int, str, str] | None:
     """(number, model version, model name) of the live generation row, exact layouts included."""
     row = session.scalars(select(GenerationRow).where(GenerationRow.state == LIVE)).first()
     return (row.number, row.model_version, row.model_name or "") if row is not None else None
+
+
+def abandon(session: Session, number: int) -> int:
+    """Give up the generation a reindex is building: its staged segments are retired (garbage
+    collection deletes their files after the grace period), the row stays as history (deleted).
+    Returns how many vectors it held. Another model may then be reindexed."""
+    lock_generations(session)
+    row = session.get(GenerationRow, number)
+    if row is None or row.state != BUILDING:
+        raise Conflict(f"generation {number} is not being built (mediasearch generation list)")
+    now, held = utcnow(), 0
+    for segment in staged_segments(session, number):
+        segment.state, segment.retired = RETIRED, now
+        held += segment.count
+    row.state, row.retired = DELETED, now
+    session.flush()
+    return held
 
 
 def reindex_progress(session: Session) -> tuple[int, str, int] | None:

@@ -87,9 +87,15 @@ def test_a_reindex_in_two_parts_stages_every_image_once_and_serves_none_of_it(
     # a second run of a part has nothing left to do, and stages nothing twice
     again = asyncio_run(areindex(new, Part(0, 2)))
     assert again.report.indexed == 0 and again.completeness.complete
-    # another model cannot start a reindex while this one builds
+    # another model cannot start a reindex while this one builds; abandoned, it can
     with sessions.begin() as session, pytest.raises(Conflict, match="being built for model"):
         building_generation(session, "clip-another", 16)
+    url = settings.database_url
+    assert main(["generation", "abandon", str(second.generation), "--database-url", url]) == 0
+    assert f"generation {second.generation} abandoned: its {SCENES} staged vectors" in capsys.readouterr().out
+    with sessions.begin() as session:
+        assert building_generation(session, "clip-another", 16) == second.generation + 1
+        assert _staged(settings) == 0
     engine.dispose()
 
 
