@@ -68,7 +68,7 @@ from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.generation import Generation, load_generation
 from mediasearch.vector_index.partition import Partitioner
 from mediasearch.vector_index.store import SegmentStore
-from mediasearch.vector_index.upgrade import add_staged, live_model
+from mediasearch.vector_index.upgrade import add_kept, add_staged, live_model
 from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class Committer:
         _stage("staged", len(encoded), len(out))
         return Staged(number, out, shadow)
 
-    def _stage_shadow(self, live: list[Item]) -> tuple[int, list[SegmentRecord]] | None:
+    def _stage_shadow(self, live: list[Item]) -> tuple[int, list[SegmentRecord], bool] | None:
         """Dual write: the vectors of the generation being built, one segment per shard."""
         written = [it for it in live if it.shadow is not None and it.vector is not None]
         if not written:
@@ -229,7 +229,7 @@ class Committer:
             )
             for shard in sorted(set(shards.tolist()))
         ]  # fmt: skip
-        return number, records
+        return number, records, written[0].shadow_kept
 
     def _live_generation(self) -> Generation | None:
         """The live index generation, its quantizer loaded once and reused while it stays live."""
@@ -284,10 +284,10 @@ class Committer:
                 if it.vector is None and it.image_id is not None and it.image_id not in stale:
                     mark_failed(session, it.image_id, it.error or "unknown error")
             publish_in(session, add=[record for record, _ in records])
-            if staged.shadow is not None and not add_staged(session, staged.shadow[1], staged.shadow[0]):
-                log.info(
-                    "indexer: generation %d is no longer being built: its vectors dropped", staged.shadow[0]
-                )
+            if staged.shadow is not None:
+                number, shadow_records, kept = staged.shadow
+                if not (add_kept if kept else add_staged)(session, shadow_records, number):
+                    log.info("indexer: generation %d takes no new images now: their vectors dropped", number)
             for bucket, key in sorted(
                 {(it.event.bucket, it.event.key) for it in live if it.image_id not in stale}
             ):
@@ -322,7 +322,7 @@ class Staged:
 
     generation: int
     records: list[tuple[SegmentRecord, list[Item]]]
-    shadow: tuple[int, list[SegmentRecord]] | None = None
+    shadow: tuple[int, list[SegmentRecord], bool] | None = None  # (number, segments, kept for a rollback)
 
 
 def _created(it: Item) -> datetime:

@@ -3,11 +3,14 @@ image with that model too, and its publishing transaction stages the vector in t
 
 So an image ingested while the reindex runs is in the new generation when it is switched to,
 whatever the reindex's own pass had already listed; a removed one is tombstoned there by the
-switch (it is no longer indexed). :class:`ShadowEncoder` finds the building generation (re-read
-every few seconds), starts an encoder for its model (its name in the same model repository),
-checks the version, and keeps it while that generation builds. The same decoded pixels serve both
-models when their image contracts match; otherwise dual write is off for that model (said once)
-and the reindex, run again before the switch, takes the new images.
+switch (it is no longer indexed). After the switch, the same goes for the generation it retired
+while that is kept for a rollback (in the exact layout): a rollback then finds every image there.
+
+:class:`ShadowEncoder` finds that generation (re-read every few seconds), starts an encoder for
+its model (its name in the same model repository), checks the version, and keeps it meanwhile.
+The same decoded pixels serve both models when their image contracts match; otherwise dual write
+is off for that model (said once) and the reindex, run again before the switch, takes the new
+images.
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ from mediasearch.encoders.factory import create_encoder
 from mediasearch.errors import MediaSearchError
 from mediasearch.metadata.db import translated
 from mediasearch.settings import Settings
-from mediasearch.vector_index.upgrade import building
+from mediasearch.vector_index.upgrade import building, kept_generation
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Shadow:
-    number: int  # the building generation
+    number: int  # the building generation, or the one a rollback would return to
     encoder: Encoder
+    kept: bool = False  # True: the generation the last model switch retired (kept for a rollback)
 
 
 class ShadowEncoder:
@@ -64,7 +68,7 @@ class ShadowEncoder:
         if row is None or row[1] == self.primary.model_version:
             await self._drop()
             return
-        number, version, name = row
+        number, version, name, kept = row
         if self._shadow is not None and self._shadow.number == number:
             return
         await self._drop()
@@ -85,13 +89,23 @@ class ShadowEncoder:
                 "there; run the reindex again before the switch", number, version, why,
             )  # fmt: skip
             return
-        self._shadow = Shadow(number, encoder)
-        log.info("indexer: new images also go to generation %d (model %s), being built", number, version)
+        self._shadow = Shadow(number, encoder, kept)
+        log.info(
+            "indexer: new images also go to generation %d (model %s), %s", number, version,
+            "kept for a rollback" if kept else "being built",
+        )  # fmt: skip
 
-    def _building(self) -> tuple[int, str, str] | None:
+    def _building(self) -> tuple[int, str, str, bool] | None:
+        """The generation being built; else the one a rollback would return to, when it holds its
+        vectors in the exact layout (a quantized one would need them placed in its lists)."""
         with translated("reading the generation being built"), self.sessions() as session:
             row = building(session)
-            return (row.number, row.model_version, row.model_name or "") if row is not None else None
+            if row is not None:
+                return row.number, row.model_version, row.model_name or "", False
+            kept = kept_generation(session, self.settings.generation_keep_s)
+            if kept is not None and not kept.nlist:
+                return kept.number, kept.model_version, kept.model_name or "", True
+            return None
 
     async def _drop(self) -> None:
         if self._shadow is not None:

@@ -32,6 +32,7 @@ class Item:
     vector: NDArray[np.float32] | None = None
     # dual write: (the generation being built, its model's version, this image's vector by it)
     shadow: tuple[int, str, NDArray[np.float32]] | None = None
+    shadow_kept: bool = False  # that generation is the one a rollback returns to, not one being built
     error: str | None = None  # why the object cannot be indexed (recorded as FAILED)
     outcome: Outcome | None = None  # set early for events that need no database record
     image_id: int | None = None

@@ -405,6 +405,7 @@ class Pipeline:
             return
         for it, vec in zip(items, vectors, strict=True):
             it.shadow = (shadow.number, shadow.encoder.model_version, vec) if vec is not None else None
+            it.shadow_kept = shadow.kept
 
     # -- commit + acknowledge ------------------------------------------------------------------
     async def _commit_loop(self, q_commit: asyncio.Queue[Any]) -> None:

@@ -130,6 +130,25 @@ def add_staged(session: Session, records: Sequence[SegmentRecord], number: int) 
     return True
 
 
+def add_kept(session: Session, records: Sequence[SegmentRecord], number: int) -> bool:
+    """Record ``records`` in generation ``number`` while it is the one a rollback returns to
+    (dual write after a switch): retired with the same time as the rest of it, so the rollback
+    restores them with it and garbage collection keeps them as long. False when it is not that."""
+    row = session.get(GenerationRow, number)
+    if row is None or row.state != RETIRED or row.retired is None or row.nlist:
+        return False
+    for rec in records:
+        session.add(
+            SegmentRow(
+                id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
+                model_version=rec.model_version, index_type=rec.index_type, state=RETIRED,
+                created=utcnow(), retired=row.retired, generation=0,
+            )
+        )  # fmt: skip
+    session.flush()
+    return True
+
+
 def building(session: Session) -> GenerationRow | None:
     """The generation a reindex is building, if any (at most one: a second model is refused)."""
     return session.scalars(select(GenerationRow).where(GenerationRow.state == BUILDING)).first()
@@ -272,7 +291,7 @@ def rollback(
     notify_all(session)
     log.info("rolled back to generation %d (model %s)", target.number, target.model_version)
     return SwitchResult(
-        target.number, target.model_version, current.number, done.held, tombstoned, len(done.missing)
+        target.number, target.model_version, current.number, done.held - done.gone, tombstoned, len(done.missing)
     )
 
 

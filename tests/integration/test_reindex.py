@@ -104,12 +104,12 @@ def test_a_killed_reindex_resumes_where_it_stopped(
 ) -> None:
     settings, env = indexed
     argv = [sys.executable, "-m", "mediasearch.cli", "reindex", "--model-repository", str(tiny_repository),
-            "--batch-size", "2", "--no-progress"]  # fmt: skip
+            "--batch-size", "1", "--no-progress"]  # fmt: skip
     child = subprocess.Popen(
         argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 60
-    while _staged(settings) < 2:  # some batches are in: kill it mid-way
+    while _staged(settings) < 1:  # a batch is in (of 60 batches of one): kill it mid-way
         assert child.poll() is None and time.monotonic() < deadline, "the reindex ended before it was killed"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
@@ -299,7 +299,7 @@ def test_images_indexed_while_a_reindex_builds_are_written_into_it_too(
 
     from mediasearch.export import export_model
     from mediasearch.vector_index.store import store_from_settings
-    from mediasearch.vector_index.upgrade import switch_to
+    from mediasearch.vector_index.upgrade import rollback, switch_to
 
     repo = tmp_path / "repo"
     shutil.copytree(micro_repository, repo)
@@ -328,4 +328,12 @@ def test_images_indexed_while_a_reindex_builds_are_written_into_it_too(
             session, store_from_settings(settings, "test"), first.generation, settings.num_shards
         )
     assert (switched.vectors, switched.tombstoned) == (SCENES - 1, 1)  # no second pass needed
+    # after the switch, new images go to the generation kept for a rollback too: nothing missing
+    write_gallery(tmp_path / "more", 4, 77)
+    for path in sorted((tmp_path / "more").glob("*.jpg")):
+        shutil.move(path, gallery / f"more-{path.name}")
+    assert index_folder(settings, gallery).indexed == 4
+    with session_factory(engine).begin() as session:
+        back = rollback(session, store_from_settings(settings, "test"), 3600, settings.num_shards)
+    assert (back.number, back.missing, back.vectors) == (0, 0, SCENES - 1 + 4)
     engine.dispose()
