@@ -290,8 +290,9 @@ def rollback(
     session.flush()
     notify_all(session)
     log.info("rolled back to generation %d (model %s)", target.number, target.model_version)
+    vectors = done.held - done.gone
     return SwitchResult(
-        target.number, target.model_version, current.number, done.held - done.gone, tombstoned, len(done.missing)
+        target.number, target.model_version, current.number, vectors, tombstoned, len(done.missing)
     )
 
 
