@@ -33,14 +33,14 @@ import numpy as np
 
 from mediasearch.errors import InvalidInput
 
-_VERSION = 1
+_VERSION = 2  # 2: the fingerprint is two halves, the query's and the rest's
 _HEADER = struct.Struct("<B8s8sdfqIH")  # version, fingerprint, model hash, as_of, score, id, served, dim
 _MAC_BYTES = 16
 
 
 @dataclass(frozen=True)
 class PageToken:
-    fingerprint: bytes  # 8 bytes: hash of the request without its page token
+    fingerprint: bytes  # 8 bytes: 4 of the query's hash, 4 of the rest of the request's
     model_version: str
     as_of: float  # unix seconds
     after_score: float
@@ -49,14 +49,20 @@ class PageToken:
     vector: np.ndarray  # float32 (dim,)
 
 
-def fingerprint(*parts: object) -> bytes:
-    """8 bytes that change whenever any part changes (parts are repr'd; bytes are hashed as is)."""
+def _hash4(parts: tuple[object, ...]) -> bytes:
     h = hashlib.sha256()
     for part in parts:
         data = part if isinstance(part, bytes) else repr(part).encode()
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
-    return h.digest()[:8]
+    return h.digest()[:4]
+
+
+def fingerprint(query: object, *rest: object) -> bytes:
+    """8 bytes: 4 that change with the query (the text, the image's digest, the image id), 4 with
+    any other part (top_k, filters, min_score; parts are repr'd, bytes hashed as is). A later page
+    may leave the query out (the token carries its vector): then only the rest is compared."""
+    return _hash4((query,)) + _hash4(rest)
 
 
 def _model_hash(version: str) -> bytes:
@@ -92,11 +98,14 @@ def decode_token(
     fingerprint: bytes,
     model_version: str,
     dim: int | None = None,
+    any_query: bool = False,
 ) -> PageToken:
     """The token's contents, or InvalidInput saying why it cannot be used with this request.
 
     ``secrets``: the keys a token may be signed with (current first); ``dim``: the query vector's
-    width the service expects (a token carrying another is refused)."""
+    width the service expects (a token carrying another is refused). ``any_query``: the request left
+    its query out (a later page of an image search need not send the image again)
+    """
     if len(text) > 4 * MAX_TOKEN_CHARS:
         raise InvalidInput("page_token is not a token this service issued")
     try:
@@ -117,7 +126,7 @@ def decode_token(
         raise InvalidInput("page_token has an unknown format")
     if (dim is not None and width != dim) or not all(map(np.isfinite, (as_of, score))):
         raise InvalidInput("page_token has an unknown format")
-    if fp != fingerprint:
+    if (fp[4:] if any_query else fp) != (fingerprint[4:] if any_query else fingerprint):
         raise InvalidInput("page_token belongs to a different request (same text, filters and top_k needed)")
     if model != _model_hash(model_version):
         raise InvalidInput("page_token has expired: the model changed since the first page")

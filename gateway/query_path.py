@@ -178,6 +178,12 @@ class SearchEngine:
                 return await self._encode_image(await self.locator.read(record))
 
             return await self._search(("like", image_id), encode, page, deadline_s, exclude=exclude)
+        if not image and page.page_token:  # a later page: the token carries the query's vector
+
+            async def unused() -> np.ndarray:
+                raise AssertionError("a later page does not encode")
+
+            return await self._search(None, unused, page, deadline_s)
         if not image:
             raise InvalidInput("give an image (its bytes) or the id of an indexed image")
         data = image
@@ -204,7 +210,7 @@ class SearchEngine:
 
     async def _search(
         self,
-        query: tuple[str, object],
+        query: tuple[str, object] | None,
         encode: Callable[[], Awaitable[np.ndarray]],
         page: PageRequest,
         deadline_s: float | None,
@@ -237,7 +243,7 @@ class SearchEngine:
 
     async def _attempt(
         self,
-        query: tuple[str, object],
+        query: tuple[str, object] | None,
         encode: Callable[[], Awaitable[np.ndarray]],
         page: PageRequest,
         top_k: int,
@@ -255,6 +261,7 @@ class SearchEngine:
                 fingerprint=fp,
                 model_version=model,
                 dim=self.encoder.embedding_dim,
+                any_query=query is None,
             )
         else:
             vector = await self._timed(timings, "encode", encode(), deadline)

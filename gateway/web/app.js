@@ -136,6 +136,8 @@ function request(pageToken, signal) {
   const kind = queryKind(state);
   if (kind === "text") return call("/v1/search/text", { json: { text: state.text, ...fields, ...page }, signal });
   if (kind === "like") return call("/v1/search/image", { json: { imageId: state.imageId, ...fields, ...page }, signal });
+  // a later page of an uploaded picture: the token carries the query, the picture is not sent again
+  if (pageToken) return call("/v1/search/image", { json: { ...fields, ...page }, signal });
   const form = new FormData();
   form.append("image", upload.file, upload.name);
   form.append("topK", String(fields.topK));

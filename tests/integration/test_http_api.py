@@ -113,6 +113,16 @@ def test_search_image_by_base64_by_multipart_upload_and_by_id(stack: Stack) -> N
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert [r["id"] for r in _json(upload)["results"]] == [r["id"] for r in by_json["results"]]
+    # a later page needs only the token: the picture is not sent again
+    token = _json(upload)["nextPageToken"]
+    second = _json(_call(stack, "POST", "/v1/search/image", {"pageToken": token, "topK": 3}))
+    both = _json(
+        _call(stack, "POST", "/v1/search/image", {"image": base64.b64encode(data).decode(), "topK": 6})
+    )
+    assert [r["id"] for r in _json(upload)["results"] + second["results"]] == [
+        r["id"] for r in both["results"]
+    ]
+    assert _call(stack, "POST", "/v1/search/image", {"pageToken": token, "topK": 4})[0] == 400  # not the same
     like = _json(_call(stack, "POST", "/v1/search/image", {"imageId": str(image_id), "topK": 3}))
     assert str(image_id) not in {r["id"] for r in like["results"]} and len(like["results"]) == 3
 

@@ -70,3 +70,19 @@ def test_a_signed_token_whose_vector_is_not_unit_length_is_refused() -> None:
     token = _token(vector=np.full(64, 10.0, dtype=np.float32))  # finite, but no encoder makes it
     with pytest.raises(InvalidInput, match="unknown format"):
         decode_token(encode_token(token, SECRET), SECRET, fingerprint=token.fingerprint, model_version="m1")
+
+
+def test_a_later_page_may_leave_the_query_out_but_not_change_the_rest() -> None:
+    first = fingerprint(("image", b"digest"), 10, "filters", 0.2)
+    token = _token(fingerprint=first)
+    text = encode_token(token, SECRET)
+    without = fingerprint(None, 10, "filters", 0.2)  # no image sent with the token
+    assert (
+        decode_token(text, SECRET, fingerprint=without, model_version="m1", any_query=True).fingerprint
+        == first
+    )
+    with pytest.raises(InvalidInput, match="different request"):  # a query given must be the same
+        decode_token(text, SECRET, fingerprint=without, model_version="m1")
+    with pytest.raises(InvalidInput, match="different request"):  # the rest must be the same
+        decode_token(text, SECRET, fingerprint=fingerprint(None, 11, "filters", 0.2), model_version="m1",
+                     any_query=True)  # fmt: skip
