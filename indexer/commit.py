@@ -221,15 +221,21 @@ class Committer:
         written = [it for it in written if it.shadow is not None and it.shadow[0] == number]
         ids = np.array([it.image_id for it in written], dtype=np.int64)
         vectors = np.stack([it.shadow[2] for it in written if it.shadow is not None]).astype(np.float32)
-        shards = self.partitioner.shards_for(ids, np.array([_created(it).timestamp() for it in written]))
-        records = [
+        stamps = np.array([_created(it).timestamp() for it in written])
+        return number, self.stage_flat(ids, vectors, version, stamps), written[0].shadow_kept
+
+    def stage_flat(
+        self, ids: np.ndarray, vectors: np.ndarray, version: str, stamps: np.ndarray | None = None
+    ) -> list[SegmentRecord]:
+        """One exact-layout segment per shard (the partitioner's), uploaded; nothing recorded."""
+        shards = self.partitioner.shards_for(ids, stamps)
+        return [
             stage_segment(
                 self.store, vectors[shards == shard], ids[shards == shard], shard=int(shard),
                 model_version=version, config=self.config, work_dir=self.work_dir,
             )
             for shard in sorted(set(shards.tolist()))
         ]  # fmt: skip
-        return number, records, written[0].shadow_kept
 
     def _live_generation(self) -> Generation | None:
         """The live index generation, its quantizer loaded once and reused while it stays live."""

@@ -25,7 +25,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
@@ -46,16 +45,14 @@ from mediasearch.objects import FolderObjects, ObjectReader, S3Objects, StoredOb
 from mediasearch.settings import Settings
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.partition import HashPartitioner
-from mediasearch.vector_index.segment import IDS_FILE
 from mediasearch.vector_index.store import SegmentStore, store_from_settings
 from mediasearch.vector_index.upgrade import (
     BUILDING,
     Completeness,
     add_staged,
     check_completeness,
-    staged_segments,
+    staged_ids,
 )
-from mediasearch.vector_index.writer import stage_segment
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +105,6 @@ def building_generation(session: Session, model_version: str, dim: int, model_na
         session.flush()
         log.info("reindex: generation %d is building for model %s (%d-wide)", number, model_version, dim)
         return number
-
-
-def staged_ids(session: Session, store: SegmentStore, generation: int) -> np.ndarray:
-    """Every id the generation's staged segments hold (an id twice if it was staged twice)."""
-    held = [
-        np.load(Path(store.open(r.uri, verify_checksums=False)) / IDS_FILE)
-        for r in staged_segments(session, generation)
-    ]
-    return np.concatenate(held) if held else np.zeros(0, np.int64)
 
 
 class IndexedImages(ListedSource):
@@ -199,15 +187,7 @@ class ReindexCommitter(Committer):
             return
         ids = np.array([it.delivery.token for it in done], dtype=np.int64)
         vectors = np.stack([it.vector for it in done if it.vector is not None]).astype(np.float32)
-        shards = self.partitioner.shards_for(ids)
-        records = []
-        for shard in np.unique(shards):
-            mine = shards == shard
-            record = stage_segment(
-                self.store, vectors[mine], ids[mine], shard=int(shard), model_version=self.model_version,
-                config=self.config, work_dir=self.work_dir,
-            )  # fmt: skip
-            records.append(record)
+        records = self.stage_flat(ids, vectors, self.model_version)
         with translated("recording staged segments"), self.sessions.begin() as session:
             if not add_staged(session, records, self.generation_number):
                 raise Conflict(f"generation {self.generation_number} is no longer building (switched?)")

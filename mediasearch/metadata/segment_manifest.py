@@ -90,6 +90,17 @@ class ShardManifest:
     generation: GenerationRecord | None = None  # the live index generation (None: exact layout)
 
 
+def segment_row(
+    rec: SegmentRecord, state: str, *, generation: int | None = None, retired: datetime | None = None
+) -> SegmentRow:
+    """The manifest row of a segment (``generation``: other than the one that wrote it)."""
+    return SegmentRow(
+        id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count, model_version=rec.model_version,
+        index_type=rec.index_type, state=state, created=utcnow(), retired=retired,
+        generation=rec.generation if generation is None else generation,
+    )  # fmt: skip
+
+
 def publish_in(
     session: Session,
     add: Sequence[SegmentRecord] = (),
@@ -103,20 +114,7 @@ def publish_in(
     Raises Conflict if a segment to retire is no longer live (another compactor got there first):
     the caller's whole transaction must then roll back, so no vector is ever served twice.
     """
-    for rec in add:
-        session.add(
-            SegmentRow(
-                id=rec.segment_id,
-                shard=rec.shard,
-                uri=rec.uri,
-                count=rec.count,
-                model_version=rec.model_version,
-                index_type=rec.index_type,
-                state=LIVE,
-                created=utcnow(),
-                generation=rec.generation,
-            )
-        )
+    session.add_all(segment_row(rec, LIVE) for rec in add)
     if retire:
         result = session.execute(
             update(SegmentRow)

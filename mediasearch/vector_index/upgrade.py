@@ -46,7 +46,13 @@ from mediasearch.metadata.models import (
     SegmentRow,
     utcnow,
 )
-from mediasearch.metadata.segment_manifest import SegmentRecord, add_tombstones, lock_generations, notify_all
+from mediasearch.metadata.segment_manifest import (
+    SegmentRecord,
+    add_tombstones,
+    lock_generations,
+    notify_all,
+    segment_row,
+)
 from mediasearch.settings import Settings
 from mediasearch.vector_index.segment import IDS_FILE
 from mediasearch.vector_index.store import SegmentStore
@@ -118,14 +124,7 @@ def add_staged(session: Session, records: Sequence[SegmentRecord], number: int) 
     row = session.get(GenerationRow, number)
     if row is None or row.state != BUILDING:
         return False
-    for rec in records:
-        session.add(
-            SegmentRow(
-                id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
-                model_version=rec.model_version, index_type=rec.index_type, state=STAGED,
-                created=utcnow(), generation=number,
-            )
-        )  # fmt: skip
+    session.add_all(segment_row(rec, STAGED, generation=number) for rec in records)
     session.flush()
     return True
 
@@ -137,14 +136,7 @@ def add_kept(session: Session, records: Sequence[SegmentRecord], number: int) ->
     row = session.get(GenerationRow, number)
     if row is None or row.state != RETIRED or row.retired is None or row.nlist:
         return False
-    for rec in records:
-        session.add(
-            SegmentRow(
-                id=rec.segment_id, shard=rec.shard, uri=rec.uri, count=rec.count,
-                model_version=rec.model_version, index_type=rec.index_type, state=RETIRED,
-                created=utcnow(), retired=row.retired, generation=0,
-            )
-        )  # fmt: skip
+    session.add_all(segment_row(rec, RETIRED, generation=0, retired=row.retired) for rec in records)
     session.flush()
     return True
 
@@ -158,6 +150,12 @@ def staged_segments(session: Session, number: int) -> list[SegmentRow]:
     return list(
         session.scalars(select(SegmentRow).where(SegmentRow.generation == number, SegmentRow.state == STAGED))
     )
+
+
+def staged_ids(session: Session, store: SegmentStore, number: int) -> np.ndarray:
+    """Every id the generation's staged segments hold (an id twice if it was staged twice)."""
+    held = _segment_ids(store, staged_segments(session, number))
+    return np.concatenate([ids for _, ids in held]) if held else np.zeros(0, np.int64)
 
 
 def check_completeness(session: Session, store: SegmentStore, number: int) -> Completeness:
