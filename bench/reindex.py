@@ -50,11 +50,9 @@ import os
 import resource
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +64,7 @@ from bench.models import BUILD
 from mediasearch.dev import emulated_aws
 from mediasearch.dev.cluster import ClusterOptions, DevCluster
 from mediasearch.dev.processes import mediasearch_command
+from mediasearch.dev.workload import Answer, ModelSearcher
 from mediasearch.metadata.db import make_engine, session_factory
 from mediasearch.settings import Settings
 
@@ -138,48 +137,6 @@ async def encoder_seconds(repo: Path, url: str, data: list[bytes], batch: int) -
         started = time.perf_counter()
         await asyncio.gather(*(one(data[i : i + batch]) for i in range(0, len(data), batch)))
         return time.perf_counter() - started, enc.model_version
-
-
-@dataclass(frozen=True)
-class Answer:
-    sent: float  # unix time
-    done: float
-    model: str | None  # None: the call raised
-    ids: tuple[int, ...]
-    partial: bool
-    error: str | None
-
-
-class Searcher(threading.Thread):
-    """One client searching the gateway in a loop until :meth:`stop`."""
-
-    def __init__(self, address: str, pause_s: float) -> None:
-        super().__init__(name="searcher", daemon=True)
-        self.address, self.pause_s = address, pause_s
-        self.answers: list[Answer] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        from mediasearch.client import SearchClient
-
-        with SearchClient(self.address, timeout_s=30) as client:
-            turn = 0
-            while not self.stopping.is_set():
-                sent = time.time()
-                try:
-                    r = client.search_text(SENTENCES[turn % len(SENTENCES)], top_k=10)
-                    ids = tuple(x.id for x in r.results)
-                    self.answers.append(Answer(sent, time.time(), r.model_version, ids, r.partial, None))
-                except Exception as exc:  # counted, and printed below
-                    error = f"{type(exc).__name__}: {exc}"
-                    self.answers.append(Answer(sent, time.time(), None, (), False, error))
-                turn += 1
-                self.stopping.wait(self.pause_s)
-
-    def stop(self) -> list[Answer]:
-        self.stopping.set()
-        self.join()
-        return self.answers
 
 
 def judge(answers: list[Answer], old: str, new: str, indexed: set[int], switch_at: float) -> dict[str, Any]:
@@ -323,7 +280,9 @@ def run(args: argparse.Namespace) -> str:
             # 3. reindex while a client searches; the switch; searches after it
             env = {**os.environ, **cluster.children["indexer"].env,
                    "MEDIASEARCH_MODEL_NAME": SECOND, "MEDIASEARCH_LOG_LEVEL": "WARNING"}  # fmt: skip
-            searcher = Searcher(info["gateway"], args.search_pause_ms / 1000)
+            searcher = ModelSearcher(
+                info["gateway"], SENTENCES, pause_s=args.search_pause_ms / 1000, clock=time.time
+            )
             cpu, children0 = meter.snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
             searcher.start()
             reindex_s = reindex(args, env, repo, work, sessions)

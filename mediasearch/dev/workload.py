@@ -11,6 +11,8 @@ each key should end as, and search callers that record every outcome.
   stamps every event with the same ``sequencer``, so two events of one key that arrive close
   together cannot be ordered by anyone (real S3 can). Its :class:`Ledger` says what the index must
   hold at the end.
+- :class:`ModelSearcher`: one caller recording which model answered each search, with which ids
+  (what a model switch and a rollback are judged by: the reindex test and benchmark).
 - :class:`SearchLoad`: callers in threads, each a closed loop of SearchText calls through a channel
   spread over the gateways that report SERVING (:func:`mediasearch.client.open_channel`), valid
   queries and, if asked, requests the gateway must refuse with INVALID_ARGUMENT; every call becomes
@@ -402,3 +404,55 @@ class Progress:
         while not self._stop.wait(self.every_s):
             with contextlib.suppress(Exception):  # a progress line never stops a run
                 self.say(self.line())
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One SearchText call of a :class:`ModelSearcher`: which model answered, with which ids."""
+
+    sent: float  # on the searcher's clock
+    done: float
+    model: str | None  # None: the call raised
+    ids: tuple[int, ...]
+    partial: bool
+    error: str | None
+
+
+class ModelSearcher(threading.Thread):
+    """One client searching a gateway in a loop until :meth:`stop`, every answer's model version
+    and ids (or its exception) recorded: what a model switch and a rollback are judged by."""
+
+    def __init__(
+        self,
+        address: str,
+        sentences: Sequence[str],
+        *,
+        pause_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name="searcher", daemon=True)
+        self.address, self.sentences, self.pause_s, self.clock = address, tuple(sentences), pause_s, clock
+        self.answers: list[Answer] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from mediasearch.client import SearchClient
+
+        with SearchClient(self.address, timeout_s=30) as client:
+            turn = 0
+            while not self.stopping.is_set():
+                sent = self.clock()
+                try:
+                    r = client.search_text(self.sentences[turn % len(self.sentences)], top_k=10)
+                    ids = tuple(x.id for x in r.results)
+                    self.answers.append(Answer(sent, self.clock(), r.model_version, ids, r.partial, None))
+                except Exception as exc:  # every failure is a finding
+                    error = f"{type(exc).__name__}: {exc}"
+                    self.answers.append(Answer(sent, self.clock(), None, (), False, error))
+                turn += 1
+                self.stopping.wait(self.pause_s)
+
+    def stop(self) -> list[Answer]:
+        self.stopping.set()
+        self.join(timeout=60)
+        return list(self.answers)

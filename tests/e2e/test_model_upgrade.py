@@ -42,6 +42,7 @@ from mediasearch.client import SearchClient
 from mediasearch.dev.cluster import QUEUE, ClusterOptions, DevCluster
 from mediasearch.dev.emulated_aws import NotifyingBucket
 from mediasearch.dev.processes import mediasearch_command
+from mediasearch.dev.workload import ModelSearcher
 from mediasearch.export.micro.scenes import read_gallery, write_gallery
 from mediasearch.metadata.db import make_engine, session_factory
 from mediasearch.metadata.models import INDEXED, ImageRow, SegmentRow
@@ -113,46 +114,6 @@ def _cluster(repo: Path, database_url: str, work: Path) -> Iterator[tuple[DevClu
         cluster.stop()
 
 
-@dataclass(frozen=True)
-class Answer:
-    sent: float  # monotonic
-    done: float
-    model: str | None  # None: the call raised
-    ids: tuple[int, ...]
-    partial: bool
-    error: str | None
-
-
-class Searcher(threading.Thread):
-    """One client searching the gateway in a loop, every answer and exception recorded."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(name="searcher", daemon=True)
-        self.address = address
-        self.answers: list[Answer] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        with SearchClient(self.address, timeout_s=30) as client:
-            turn = 0
-            while not self.stopping.is_set():
-                sent = time.monotonic()
-                try:
-                    r = client.search_text(SENTENCES[turn % len(SENTENCES)], top_k=10)
-                    ids = tuple(x.id for x in r.results)
-                    self.answers.append(Answer(sent, time.monotonic(), r.model_version, ids, r.partial, None))
-                except Exception as exc:  # every failure is a finding
-                    error = f"{type(exc).__name__}: {exc}"
-                    self.answers.append(Answer(sent, time.monotonic(), None, (), False, error))
-                turn += 1
-                self.stopping.wait(0.05)
-
-    def stop(self) -> list[Answer]:
-        self.stopping.set()
-        self.join(timeout=60)
-        return list(self.answers)
-
-
 def _wait(what: str, check: Callable[[], Any], timeout_s: float, poll_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -170,7 +131,7 @@ class Upgrade:
     sessions: Any
     bucket: NotifyingBucket
     client: SearchClient
-    searcher: Searcher
+    searcher: ModelSearcher
     env: dict[str, str]  # the indexer's: what `mediasearch reindex` and `generation` need
     work: Path
     repo: Path
@@ -351,7 +312,7 @@ def _driving(
     up = Upgrade(
         sessions=session_factory(engine),
         bucket=NotifyingBucket.create(info["s3_endpoint"], info["bucket"], queue=QUEUE, notify=False),
-        client=client, searcher=Searcher(info["gateway"]), work=work, repo=repo,
+        client=client, searcher=ModelSearcher(info["gateway"], SENTENCES), work=work, repo=repo,
         env={**os.environ, **cluster.children["indexer"].env}, old=ModelManifest.load(repo, FIRST).version,
         new=ModelManifest.load(repo, SECOND).version,
     )  # fmt: skip
