@@ -65,7 +65,7 @@ class Gateway:
     keys: KeyCache | None = None  # API keys (auth required)
     http: HttpServer | None = None  # HTTP/JSON API and the search page (unless its port is -1)
     model_task: asyncio.Task[None] | None = None  # follows the live generation's model
-    live_number: int = 0  # the live generation (0: the exact layout before any), as last read
+    live_number: int = 0  # the live generation's row, as last read (0: none, or the exact layout's)
     reindex: tuple[int, str, int] | None = None  # a generation being built, as last read
     _model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _retired_encoders: list[asyncio.Task[None]] = field(default_factory=list)
@@ -136,21 +136,11 @@ class Gateway:
             images_by_status=by_status,
             model_version=self.encoder.model_version,
             mode=self.mode,
-            index_generation=self._generation_number(),
+            index_generation=self.live_number,
             reindex_generation=self.reindex[0] if self.reindex else 0,
             reindex_model_version=self.reindex[1] if self.reindex else "",
             reindex_vectors=self.reindex[2] if self.reindex else 0,
         )
-
-    def _generation_number(self) -> int:
-        """The live generation: the row the model follower last read, else the quantizer's."""
-        if self.live_number:
-            return self.live_number
-        for follower in self.followers:
-            if isinstance(follower, GenerationFollower):
-                live = follower.current()
-                return live.number if live is not None else 0
-        return 0
 
     async def follow_model(self) -> None:
         """Encode with the live generation's model: poll it (and the query path asks at once when a
