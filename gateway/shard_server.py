@@ -15,7 +15,6 @@ the router asks the shard's next replica instead of taking an empty answer for t
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from concurrent import futures
@@ -33,6 +32,7 @@ from mediasearch.errors import InvalidInput, Unavailable
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.rpc import ErrorInterceptor
 from mediasearch.settings import Settings
+from mediasearch.signals import StopSignals
 from mediasearch.tls import internal_server_credentials
 from mediasearch.vector_index.follower import ManifestFollower
 from mediasearch.vector_index.shard import SearchParams, Shard
@@ -217,16 +217,14 @@ def serve_shard(
             credentials=internal_server_credentials(settings),
         )
 
-        def on_signal(*_: object) -> None:
-            server.stop(settings.shutdown_grace_s, settings.shutdown_delay_s)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):  # before anyone can learn the port
-            signal.signal(sig, on_signal)
-        try:
-            port = server.start()
-            if port_file is not None:
-                port_file.write_text(str(port))
-            log.info("shard-server %d ready on %s:%d", shard_id, settings.shard_host, port)
-            server.wait()
-        finally:
-            server.stop()
+        with StopSignals() as signals:  # before anyone can learn the port
+            try:
+                port = server.start()
+                if port_file is not None:
+                    port_file.write_text(str(port))
+                log.info("shard-server %d ready on %s:%d", shard_id, settings.shard_host, port)
+                signals.wait()
+                log.info("shard-server %d: stopping (%s)", shard_id, signals.name)
+                server.stop(settings.shutdown_grace_s, settings.shutdown_delay_s)
+            finally:
+                server.stop()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,6 +21,7 @@ from mediasearch.errors import MediaSearchError
 from mediasearch.indexer.metrics import CompactorMetrics
 from mediasearch.metadata.db import migrated_engine, session_factory
 from mediasearch.settings import Settings
+from mediasearch.signals import StopSignals
 from mediasearch.vector_index.builder import BuildConfig
 from mediasearch.vector_index.compactor import CompactionResult, Compactor
 from mediasearch.vector_index.rebalance import Rebalancer, RebalanceResult
@@ -103,9 +103,25 @@ def keep_compacting(
     """A round every ``every_s`` seconds until ``stop`` is set or SIGTERM/SIGINT arrives (when
     called from the main thread). Stopping between rounds or killing mid-compaction is equally safe."""
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    with contextlib.ExitStack() as stack:
+        in_main = threading.current_thread() is threading.main_thread()
+        signals = stack.enter_context(StopSignals()) if in_main else None
+
+        def stopped(wait_s: float = 0.0) -> bool:
+            if signals is not None:
+                return signals.wait(wait_s, also=stop)
+            return stop.wait(wait_s)
+
+        _keep_compacting(settings, shards, every_s, force, stopped)
+
+
+def _keep_compacting(
+    settings: Settings,
+    shards: Sequence[int] | None,
+    every_s: float,
+    force: bool,
+    stopped: Callable[[float], bool],
+) -> None:
     targets = list(shards or range(settings.num_shards))
     log.info("compacting shards %s every %gs; Ctrl-C stops", targets, every_s)
     metrics = CompactorMetrics()
@@ -114,14 +130,14 @@ def keep_compacting(
         log.info("compactor: Prometheus metrics on http://%s:%d/metrics", settings.indexer_metrics_host, port)
     try:
         with open_compactor(settings) as (compactor, rebalancer):
-            while not stop.is_set():
+            while not stopped(0.0):
                 _rebalance_round(rebalancer)
                 for shard in targets:
-                    if stop.is_set():
+                    if stopped(0.0):
                         break
                     _round(compactor, shard, force, metrics)
                 metrics.last_round.set_to_current_time()
-                stop.wait(every_s)
+                stopped(every_s)
     finally:
         metrics.stop()
 

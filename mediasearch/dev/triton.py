@@ -18,19 +18,19 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from mediasearch.dev.processes import Child, free_ports
 from mediasearch.dev.triton_install import resolve_install, server_environment
 from mediasearch.errors import ModelError, NotFound, Unavailable
 from mediasearch.model_manifest import ModelManifest, ServingSpec
 from mediasearch.settings import Settings
+from mediasearch.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -237,25 +237,16 @@ class LocalTriton:
 def serve_triton(options: TritonOptions, on_ready: Callable[[LocalTriton], None] | None = None) -> None:
     """``mediasearch triton``: run a server until SIGTERM or SIGINT (then stop it in order: SIGINT
     counts too, as a shell may start background jobs ignoring it); ``on_ready(server)`` once it
-    serves. Unavailable if the server exits by itself."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with LocalTriton(options) as server:
-            try:  # a signal from here on (even inside on_ready) stops the server in order
-                if on_ready is not None:
-                    on_ready(server)
-                status = server.wait()
-            except KeyboardInterrupt:
-                log.info("stopping tritonserver %s", server.pid)
+    serves. Unavailable if the server exits by itself. A signal while it starts stops it once it
+    has started; more signals while it stops are ignored (see :mod:`mediasearch.signals`)."""
+    with StopSignals() as signals, LocalTriton(options) as server:
+        if on_ready is not None and not signals.requested:
+            on_ready(server)
+        while server.running():
+            if signals.wait(0.5):
+                log.info("stopping tritonserver %s (%s)", server.pid, signals.name)
                 return
-            raise Unavailable(f"tritonserver exited by itself (status {status}):\n{server.log_tail()}")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        raise Unavailable(f"tritonserver exited by itself (status {server.wait()}):\n{server.log_tail()}")
 
 
 def check_repository(repository: Path, name: str, flavour: str) -> ModelManifest:

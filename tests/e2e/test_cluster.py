@@ -11,7 +11,10 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -223,6 +226,23 @@ def test_ctrl_c_stops_every_process_of_the_cluster(
     assert "cluster stopped" in (tmp_path / "up.log").read_text()
 
 
+def _post_mortem(left: dict[str, int], workdir: Path) -> str:
+    """What each process left behind was doing (its threads' stacks, when py-spy is at hand) and
+    the end of its log: a failure here is a shutdown that hangs, and the stack names where."""
+    parts = []
+    for name, pid in left.items():
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if Path(spy).exists():
+            argv = [spy, "dump", "--pid", str(pid)]
+            dump = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            parts.append(f"--- {name} (pid {pid}) stacks:\n{dump.stdout}{dump.stderr}")
+        log_file = workdir / f"{name}.log"
+        if log_file.exists():
+            tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
+            parts.append(f"--- {name} log:\n{tail}")
+    return "\n".join(parts)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -243,5 +263,6 @@ def test_a_supervisor_killed_with_sigkill_takes_every_process_of_the_cluster_wit
         deadline = time.monotonic() + 30
         while [pid for pid in pids if _alive(pid)]:
             left = {name: pid for name, pid in named.items() if _alive(pid)}
-            assert time.monotonic() < deadline, f"left behind: {left}"
+            if time.monotonic() > deadline:
+                pytest.fail(f"left behind: {left}\n{_post_mortem(left, tmp_path / 'work')}")
             time.sleep(0.2)

@@ -95,3 +95,35 @@ def test_a_shard_server_reports_not_ready_keeps_serving_for_the_delay_then_exits
         _drains(child, address, search)
     finally:
         child.stop()
+
+
+def test_a_shard_server_signalled_again_and_again_while_it_stops_still_exits_once_and_cleanly(
+    tmp_path: Path,
+) -> None:
+    """A process that dies with its supervisor (PR_SET_PDEATHSIG) gets a SIGTERM each time the kernel
+    hands it to another thread of the dying supervisor. A handler that ran the stop itself ran again
+    inside that stop and hung it; the signals now only ask once."""
+    sessions = sqlite_sessions(tmp_path)
+    store = LocalFolderStore(tmp_path / "store")
+    add_segment(sessions, store, unit_vectors(50, 16, seed=6), np.arange(50, dtype=np.int64))
+    (port,) = free_ports(1)
+    argv = mediasearch_command(
+        "shard-server", shard=0, port=port, database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        store_url=store.root.as_uri(), cache_dir=tmp_path / "cache", poll_interval=0.3,
+    )  # fmt: skip
+    env = {"MEDIASEARCH_SHUTDOWN_DELAY_S": "0", "MEDIASEARCH_SHUTDOWN_GRACE_S": "2"}
+    child = Child("shard", argv, env=env, log_path=tmp_path / "shard.log").start()
+    try:
+        child.wait_serving(port, timeout_s=60)
+        asked = time.monotonic()
+        for _ in range(100):  # a burst over the whole stop, 10 ms apart
+            if not child.running():
+                break
+            child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            time.sleep(0.01)
+        code = child.wait(timeout_s=20)
+        assert code == 0, child.log_tail()
+        assert time.monotonic() - asked < 10
+        assert child.log_tail().count("stopping (SIGTERM)") == 1
+    finally:
+        child.stop()
