@@ -52,15 +52,19 @@ class ShadowEncoder:
         self._lock = asyncio.Lock()
 
     async def current(self) -> Shadow | None:
+        """The shadow as of a check that *ended* less than ``interval_s`` ago: a batch that asks
+        while a check (starting the new model's encoder: seconds) runs waits for its answer, rather
+        than going on without dual write and leaving its images out of the generation."""
         if time.monotonic() - self._checked < self.interval_s:
             return self._shadow
         async with self._lock:
             if time.monotonic() - self._checked >= self.interval_s:
-                self._checked = time.monotonic()
                 try:
                     await self._refresh()
                 except MediaSearchError as exc:  # keep what is held; the next check tries again
                     log.warning("indexer: cannot check for a generation being built: %s", exc)
+                finally:
+                    self._checked = time.monotonic()
         return self._shadow
 
     async def _refresh(self) -> None:
