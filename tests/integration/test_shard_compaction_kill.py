@@ -158,10 +158,16 @@ def test_compact_every_merges_segments_as_they_arrive_by_size_tier_and_stops_on_
         add_segment(sessions, store, more[:300], np.arange(N, N + 300), generation=generation)
         add_segment(sessions, store, more[300:], np.arange(N + 300, N + 600), generation=generation)
         _wait_for(lambda: sorted(_live(sessions)) == [600, big])
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert 'mediasearch_compactor_shard_rounds_total{outcome="merged"} 2.0' in metrics, metrics
-        assert "mediasearch_compactor_segments_merged_total 8.0" in metrics  # six, then two
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        # the round counts once its commit is done: the manifest can show the merge a moment before
+        merged_twice = 'mediasearch_compactor_shard_rounds_total{outcome="merged"} 2.0'
+        _wait_for(lambda: merged_twice in scrape(), timeout_s=10)
+        metrics = scrape()
+        assert "mediasearch_compactor_segments_merged_total 8.0" in metrics, metrics  # six, then two
     finally:
         status = child.stop(timeout_s=30)
     out = (tmp_path / "compactor.log").read_text()
