@@ -12,11 +12,13 @@
    commit stage replaced: each batch becomes one *staged* segment per shard (the hash of the id,
    as before a generation), recorded in one transaction. Nothing serves a staged segment; the
    images rows are not touched.
-4. **The completeness check**: every INDEXED image has exactly one vector in the generation; what
+4. **The catch-up**: images indexed since the listing that the indexers' dual write
+   (:mod:`mediasearch.indexer.dual_write`) did not stage, because it had not yet seen the
+   generation, are queued when the listing runs out (:class:`IndexedImages`).
+5. **The completeness check**: every INDEXED image has exactly one vector in the generation; what
    is missing (and what was staged twice) is listed.
 
-Not yet built: the switch and the rollback, images indexed or removed while the reindex runs (the
-indexer's dual write), the chart's Indexed Job; until then a building generation is inert.
+The switch and the rollback are :mod:`mediasearch.vector_index.upgrade` (``mediasearch generation``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.encoders.factory import create_encoder
@@ -108,20 +110,72 @@ def building_generation(session: Session, model_version: str, dim: int, model_na
 
 
 class IndexedImages(ListedSource):
-    """One delivery per INDEXED image of the part that the generation does not hold yet."""
+    """One delivery per INDEXED image of the part that the generation does not hold yet.
 
-    def __init__(self, session: Session, part: Part, done: np.ndarray) -> None:
+    Then the catch-up: an indexer finds a building generation up to a few seconds after it is
+    made (its check's interval, plus starting the new model's encoder), so images it published in
+    between went to neither side: not listed here, not dual-written. When the listing runs out,
+    the images of the part indexed since it was made (ids above the listing's highest) that the
+    generation still lacks are queued too, up to ``catch_up_rounds`` times while any turn up. A
+    reindex that runs longer than that delay ends complete however busy the ingestion; a shorter
+    one may still end with a few missing, which the completeness check names (run it again)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: SegmentStore,
+        generation: int,
+        part: Part,
+        *,
+        catch_up_rounds: int = 3,
+    ) -> None:
         super().__init__()
-        held = set(done.tolist())
-        rows = session.execute(
-            select(ImageRow.id, ImageRow.bucket, ImageRow.key, ImageRow.etag)
-            .where(ImageRow.status == INDEXED)
-            .order_by(ImageRow.id)
-        )
-        for image_id, bucket, key, etag in rows:
-            if image_id % part.count == part.index and image_id not in held:
-                self._pending.append(Delivery([ObjectEvent("created", bucket, key, etag)], token=image_id))
+        self.sessions, self.store, self.generation, self.part = sessions, store, generation, part
+        self.catch_up_rounds = catch_up_rounds
+        self.caught_up = 0  # images the catch-up queued
+        with translated("listing the indexed images"), sessions() as session:
+            self._last_id = 0  # the highest INDEXED id seen: the catch-up looks above it
+            self._queue(session, staged_ids(session, store, generation), above=None)
         self.total = len(self._pending)
+
+    def _queue(self, session: Session, done: np.ndarray, above: int | None) -> int:
+        held = set(done.tolist())
+        query = select(ImageRow.id, ImageRow.bucket, ImageRow.key, ImageRow.etag).where(
+            ImageRow.status == INDEXED
+        )
+        if above is not None:
+            query = query.where(ImageRow.id > above)
+        queued = 0
+        for image_id, bucket, key, etag in session.execute(query.order_by(ImageRow.id)):
+            self._last_id = max(self._last_id, image_id)
+            if image_id % self.part.count == self.part.index and image_id not in held:
+                self._pending.append(Delivery([ObjectEvent("created", bucket, key, etag)], token=image_id))
+                queued += 1
+        return queued
+
+    def receive(self, max_deliveries: int) -> list[Delivery] | None:
+        got = super().receive(max_deliveries)
+        while got is None and self.catch_up_rounds > 0:
+            self.catch_up_rounds -= 1
+            with translated("listing images indexed during the reindex"), self.sessions() as session:
+                above = self._last_id
+                late = session.scalar(
+                    select(func.count()).where(ImageRow.status == INDEXED, ImageRow.id > above)
+                )
+                # the staged ids are read only when there is something to check them against
+                queued = (
+                    self._queue(session, staged_ids(session, self.store, self.generation), above)
+                    if late
+                    else 0
+                )
+            if not queued:
+                self.catch_up_rounds = 0
+                break
+            self.caught_up += queued
+            self.total = (self.total or 0) + queued
+            log.info("reindex: %d images indexed since the listing and not dual-written, queued too", queued)
+            got = super().receive(max_deliveries)
+        return got
 
 
 class ImageObjects(ObjectReader):
@@ -218,8 +272,7 @@ async def areindex(
             number = building_generation(
                 session, encoder.model_version, encoder.embedding_dim, settings.model_name
             )
-        with sessions() as session:
-            source = IndexedImages(session, part, staged_ids(session, store, number))
+        source = IndexedImages(sessions, store, number, part)
         cleanup.callback(source.close)
         root = settings.images_root
         objects = ImageObjects(

@@ -337,3 +337,52 @@ def test_images_indexed_while_a_reindex_builds_are_written_into_it_too(
         back = rollback(session, store_from_settings(settings, "test"), 3600, settings.num_shards)
     assert (back.number, back.missing, back.vectors) == (0, 0, SCENES - 1 + 4)
     engine.dispose()
+
+
+def test_images_indexed_before_the_indexers_saw_the_generation_are_caught_up_when_the_listing_runs_out(
+    tmp_path: Path, micro_repository: Path, tiny_repository: Path
+) -> None:
+    """An indexer sees a new building generation seconds after it is made; what it published
+    meanwhile went to neither side (listed too late, not dual-written). The reindex's source queues
+    those once its listing runs out. Here the second half of the gallery is indexed between the
+    listing and its end with dual write impossible (the new model is in another repository), as
+    by an indexer that had not looked yet."""
+    import shutil
+
+    from mediasearch.indexer.reindex import IndexedImages
+    from mediasearch.vector_index.store import store_from_settings
+
+    gallery = tmp_path / "gallery"
+    write_gallery(gallery, SCENES, 7)
+    late = tmp_path / "late"
+    late.mkdir()
+    for path in sorted(gallery.glob("*.jpg"))[SCENES // 2 :]:
+        shutil.move(path, late / path.name)
+    settings = Settings.defaults().with_overrides(
+        **embedded_settings(tmp_path / "state"), images_root=gallery, model_repository=micro_repository
+    )
+    assert index_folder(settings, gallery).indexed == SCENES // 2
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    store = store_from_settings(settings, "test")
+    with sessions.begin() as session:
+        number = building_generation(session, "tiny-model", 16)
+    whole, even = (
+        IndexedImages(sessions, store, number, Part()),
+        IndexedImages(sessions, store, number, Part(0, 2)),
+    )
+    listed = [d.token for d in whole.receive(1000) or []]
+    listed_even = [d.token for d in even.receive(1000) or []]
+    assert len(listed) == whole.total == SCENES // 2
+
+    for path in sorted(late.glob("*.jpg")):
+        shutil.move(path, gallery / path.name)
+    assert index_folder(settings, gallery).indexed == SCENES // 2  # no dual write: no such model here
+
+    caught = [d.token for d in whole.receive(1000) or []]
+    assert len(caught) == whole.caught_up == SCENES // 2 and whole.total == SCENES
+    assert min(caught) > max(listed)  # only what came after the listing
+    assert whole.receive(1000) is None and whole.receive(1000) is None  # nothing more: it stops
+    caught_even = [d.token for d in even.receive(1000) or []]
+    assert caught_even == [t for t in caught if t % 2 == 0] and all(t % 2 == 0 for t in listed_even)
+    engine.dispose()
