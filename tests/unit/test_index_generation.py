@@ -451,7 +451,7 @@ def _route(shards: list[Shard], generation: Generation, q: np.ndarray, params: S
     """The ids a router that routes by ``generation`` returns."""
 
     async def run() -> np.ndarray:
-        router = LocalRouter(shards, generations=lambda: generation)
+        router = LocalRouter(shards, generations=lambda: generation, deadline_s=60)  # not a latency test
         try:
             return (await router.search(q, params)).ids
         finally:
