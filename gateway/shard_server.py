@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,6 @@ class ShardServer:
     _server: grpc.Server | None = None
     _servicer: ShardServicer | None = None
     _health: health.HealthServicer | None = None
-    _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> int:
         """Start serving; returns the bound port."""
@@ -184,10 +183,6 @@ class ShardServer:
             self._server = None
         self.follower.stop()
         self.shard.close()
-        self._stopped.set()
-
-    def wait(self) -> None:
-        self._stopped.wait()
 
 
 def serve_shard(

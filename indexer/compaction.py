@@ -102,17 +102,9 @@ def keep_compacting(
 ) -> None:
     """A round every ``every_s`` seconds until ``stop`` is set or SIGTERM/SIGINT arrives (when
     called from the main thread). Stopping between rounds or killing mid-compaction is equally safe."""
-    stop = stop or threading.Event()
-    with contextlib.ExitStack() as stack:
-        in_main = threading.current_thread() is threading.main_thread()
-        signals = stack.enter_context(StopSignals()) if in_main else None
-
-        def stopped(wait_s: float = 0.0) -> bool:
-            if signals is not None:
-                return signals.wait(wait_s, also=stop)
-            return stop.wait(wait_s)
-
-        _keep_compacting(settings, shards, every_s, force, stopped)
+    stop, signals = stop or threading.Event(), StopSignals()
+    with signals if threading.current_thread() is threading.main_thread() else contextlib.nullcontext():
+        _keep_compacting(settings, shards, every_s, force, lambda wait_s: signals.wait(wait_s, also=stop))
 
 
 def _keep_compacting(

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mediasearch.encoders.factory import create_encoder
@@ -133,41 +133,37 @@ class IndexedImages(ListedSource):
         self.sessions, self.store, self.generation, self.part = sessions, store, generation, part
         self.catch_up_rounds = catch_up_rounds
         self.caught_up = 0  # images the catch-up queued
-        with translated("listing the indexed images"), sessions() as session:
+        with translated("listing the indexed images"):
             self._last_id = 0  # the highest INDEXED id seen: the catch-up looks above it
-            self._queue(session, staged_ids(session, store, generation), above=None)
+            self._queue()
         self.total = len(self._pending)
 
-    def _queue(self, session: Session, done: np.ndarray, above: int | None) -> int:
-        held = set(done.tolist())
-        query = select(ImageRow.id, ImageRow.bucket, ImageRow.key, ImageRow.etag).where(
-            ImageRow.status == INDEXED
+    def _queue(self) -> int:
+        """Queue the part's INDEXED images above ``_last_id`` that the generation lacks; how many."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ImageRow.id, ImageRow.bucket, ImageRow.key, ImageRow.etag)
+                .where(ImageRow.status == INDEXED, ImageRow.id > self._last_id)
+                .order_by(ImageRow.id)
+            ).all()
+            if rows:
+                self._last_id = rows[-1].id
+            mine = [r for r in rows if r.id % self.part.count == self.part.index]
+            if not mine:  # the staged ids are read only when there is something to check
+                return 0
+            held = set(staged_ids(session, self.store, self.generation).tolist())
+        fresh = [r for r in mine if r.id not in held]
+        self._pending.extend(
+            Delivery([ObjectEvent("created", r.bucket, r.key, r.etag)], token=r.id) for r in fresh
         )
-        if above is not None:
-            query = query.where(ImageRow.id > above)
-        queued = 0
-        for image_id, bucket, key, etag in session.execute(query.order_by(ImageRow.id)):
-            self._last_id = max(self._last_id, image_id)
-            if image_id % self.part.count == self.part.index and image_id not in held:
-                self._pending.append(Delivery([ObjectEvent("created", bucket, key, etag)], token=image_id))
-                queued += 1
-        return queued
+        return len(fresh)
 
     def receive(self, max_deliveries: int) -> list[Delivery] | None:
         got = super().receive(max_deliveries)
         while got is None and self.catch_up_rounds > 0:
             self.catch_up_rounds -= 1
-            with translated("listing images indexed during the reindex"), self.sessions() as session:
-                above = self._last_id
-                late = session.scalar(
-                    select(func.count()).where(ImageRow.status == INDEXED, ImageRow.id > above)
-                )
-                # the staged ids are read only when there is something to check them against
-                queued = (
-                    self._queue(session, staged_ids(session, self.store, self.generation), above)
-                    if late
-                    else 0
-                )
+            with translated("listing images indexed during the reindex"):
+                queued = self._queue()
             if not queued:
                 self.catch_up_rounds = 0
                 break

@@ -27,7 +27,9 @@ _DEFAULT = (signal.SIGTERM, signal.SIGINT)
 
 class StopSignals:
     """Install with ``with StopSignals() as signals:`` (main thread only). The previous handlers
-    come back when the block ends, unless a signal came: then more are ignored (SIG_IGN) to the exit."""
+    come back when the block ends, unless a signal came: then more are ignored (SIG_IGN) to the exit.
+    Not entered (code that may run off the main thread), it records nothing and :meth:`wait`
+    waits on ``also`` alone."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = _DEFAULT, *, poll_s: float = 0.1) -> None:
         self.signals = signals

@@ -89,7 +89,7 @@ class DevCluster:
     triton: LocalTriton | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
-    _signals: StopSignals | None = None  # SIGINT/SIGTERM, while run() supervises
+    _signals: StopSignals = field(default_factory=StopSignals)  # SIGINT/SIGTERM, installed by run()
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -290,8 +290,7 @@ class DevCluster:
     def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         """``mediasearch up``: start, ``on_ready(info)``, supervise until SIGINT or SIGTERM, stop
         everything (also when starting fails). Call it from the main thread."""
-        with StopSignals() as signals:  # a second Ctrl-C does not interrupt the stop
-            self._signals = signals
+        with self._signals:  # a second Ctrl-C does not interrupt the stop
             try:
                 info = self.start()
                 if on_ready is not None:
@@ -303,7 +302,7 @@ class DevCluster:
     def supervise(self, poll_s: float = 0.5) -> None:
         """Restart crashed children until :meth:`request_stop` or a signal (under :meth:`run`);
         returns when asked to stop."""
-        while not self._stop_requested(poll_s):
+        while not self._signals.wait(poll_s, also=self._stopping):
             for child in list(self.children.values()):
                 if child.running() or time.monotonic() - child.started_at < RESTART_AFTER_S:
                     continue
@@ -321,11 +320,6 @@ class DevCluster:
 
     def request_stop(self) -> None:
         self._stopping.set()
-
-    def _stop_requested(self, wait_s: float) -> bool:
-        if self._signals is not None:
-            return self._signals.wait(wait_s, also=self._stopping)
-        return self._stopping.wait(wait_s)
 
     def send_signal(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Signal child ``name`` (or ``triton``): SIGTERM as a rollout stops it, SIGKILL as a crash;
